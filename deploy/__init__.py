@@ -1,0 +1,1 @@
+"""flywheel canary controller: step rollout, judgment, rollback and alerts (SPEC §7)."""

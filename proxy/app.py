@@ -1,0 +1,104 @@
+"""The proxy's aiohttp application: routes, runtime objects in typed AppKeys, errors in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import ProxyConfig
+from proxy.errors import InternalError, ProxyError, from_http_exception, render
+from proxy.forward import Forwarder
+from proxy.gateway import Gateway
+from proxy.litellm_bridge import LiteLLMBridge
+
+log = logging.getLogger("flywheel.proxy")
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Whether the process is draining after SIGTERM (``/readyz`` then fails)."""
+
+    draining: bool = False
+
+
+CONFIG = web.AppKey("config", ProxyConfig)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+GATEWAY = web.AppKey("gateway", Gateway)
+
+_OK = b'{"status":"ok"}'
+_DRAINING = b'{"status":"draining"}'
+
+
+def create_app(config: ProxyConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_size, middlewares=[openai_errors])
+    app[CONFIG] = config
+    app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_gateway)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy_api)
+    return app
+
+
+async def _gateway(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    session = upstream_session(config)
+    app[GATEWAY] = Gateway(config.upstreams, Forwarder(session), LiteLLMBridge(), config.max_body_size)
+    yield
+    await session.close()
+
+
+def upstream_session(config: ProxyConfig) -> aiohttp.ClientSession:
+    """One pooled session to every OpenAI-compatible upstream."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300),
+        # No total cap: a reasoning stream may run for many minutes; idle time is what is bounded.
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=config.timeouts.connect, sock_read=config.timeouts.read
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one app request's cookies into another
+        skip_auto_headers=("User-Agent", "Content-Type"),  # send the app's, or none
+        trust_env=False,
+    )
+
+
+async def proxy_api(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=_OK, content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[LIFECYCLE].draining:
+        return web.Response(status=503, body=_DRAINING, content_type="application/json")
+    return web.Response(body=_OK, content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Whatever fails before the answer starts is rendered in the OpenAI shape, never a traceback."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return render(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render(from_http_exception(exc))
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        if request.writer.output_size > 0:
+            raise  # the answer has started: aiohttp closes the connection
+        return render(InternalError("The proxy failed unexpectedly; its log has the details."))

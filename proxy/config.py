@@ -1,0 +1,108 @@
+"""Settings of ``flywheel proxy``: small frozen value objects, parsed once in ``main()``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yarl import URL
+
+from proxy.upstreams import Upstreams, load_upstreams
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A flag, variable or upstreams file the proxy cannot start with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream timeouts. There is no total cap: reasoning streams run for many minutes.
+
+    ``connect`` bounds the TCP/TLS connect; ``read`` bounds every wait for the next
+    bytes from the provider, the wait for the response headers included.
+    """
+
+    connect: float = 10.0
+    read: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    upstreams: Upstreams
+    host: str = "127.0.0.1"
+    port: int = 4000
+    max_body_size: int = 50 * MiB  # OpenAI's own per-request ceiling for image inputs
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    drain_timeout: float = 30.0
+    max_connections: int = 1024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``flywheel proxy`` (SPEC §2); each also reads ``FLYWHEEL_<FLAG>``."""
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (a sidecar listens on loopback)")
+    parser.add_argument("--port", type=int, default=4000, help="listen port; 0 picks a free one")
+    parser.add_argument("--upstream", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    parser.add_argument(
+        "--upstreams", type=Path, help="TOML/JSON model list: several upstreams, non-OpenAI providers via litellm"
+    )
+    parser.add_argument(
+        "--max-body-size", type=int, default=50 * MiB, help="largest accepted request body in bytes (413 above)"
+    )
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to connect to the upstream")
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=600.0,
+        help="seconds the upstream may stay silent (before headers or between chunks); no total cap",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests and streams"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=1024, help="upstream connection pool size; more requests queue"
+    )
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConfig:
+    """Build the config from parsed flags; ``environ`` is only read for the provider key."""
+    api_key = environ.get("FLYWHEEL_UPSTREAM_API_KEY") or None
+    default = _base_url(args.upstream) if args.upstream else None
+    try:
+        upstreams = load_upstreams(args.upstreams, default=default, api_key=api_key, environ=environ)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--upstreams {args.upstreams}: {exc}") from exc
+    if not upstreams:
+        raise ConfigError("give --upstream URL (or FLYWHEEL_UPSTREAM) or --upstreams FILE")
+    _positive("--max-body-size", args.max_body_size)
+    _positive("--connect-timeout", args.connect_timeout)
+    _positive("--read-timeout", args.read_timeout)
+    _positive("--max-connections", args.max_connections)
+    if args.drain_timeout < 0:
+        raise ConfigError("--drain-timeout must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port must be 0..65535")
+    return ProxyConfig(
+        upstreams=upstreams,
+        host=args.host,
+        port=args.port,
+        max_body_size=args.max_body_size,
+        timeouts=Timeouts(connect=args.connect_timeout, read=args.read_timeout),
+        drain_timeout=args.drain_timeout,
+        max_connections=args.max_connections,
+    )
+
+
+def _base_url(text: str) -> URL:
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"--upstream must be an http(s) URL, got {text!r}")
+    return url
+
+
+def _positive(flag: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{flag} must be > 0")

@@ -1,0 +1,32 @@
+"""The core of every ``/v1/*`` request: parse → choose the upstream → relay → render."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.errors import ProxyError, render
+from proxy.forward import Forwarder
+from proxy.litellm_bridge import LiteLLMBridge
+from proxy.upstreams import OpenAIUpstream, Upstreams
+from proxy.wire import read_call, request_id
+
+
+class Gateway:
+    """Handles the OpenAI-compatible API; one per proxy process."""
+
+    def __init__(self, upstreams: Upstreams, forwarder: Forwarder, bridge: LiteLLMBridge, max_body: int) -> None:
+        self._upstreams = upstreams
+        self._forwarder = forwarder
+        self._bridge = bridge
+        self._max_body = max_body
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rid = request_id(request)
+        try:
+            call = await read_call(request, rid, self._max_body)
+            upstream = self._upstreams.for_model(call.model)
+            if isinstance(upstream, OpenAIUpstream):
+                return await self._forwarder.forward(request, call, upstream)
+            return await self._bridge.serve(request, call, upstream)
+        except ProxyError as exc:
+            return render(exc, {"X-Request-Id": rid})

@@ -1,0 +1,134 @@
+"""Non-OpenAI providers (Anthropic, Bedrock, Gemini…) served in the OpenAI shape through litellm.
+
+``import litellm`` costs seconds and ~180 MB, so it happens only on the first
+call to such a provider, in a worker thread: never at start-up and never on the
+OpenAI-compatible path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.errors import InvalidRequest, ProxyError, UpstreamTimeout, UpstreamUnreachable, render
+from proxy.upstreams import LiteLLMUpstream
+from proxy.wire import Call
+
+log = logging.getLogger("flywheel.proxy")
+
+_DONE = b"data: [DONE]\n\n"
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ProviderError(ProxyError):
+    """An error the provider answered, translated by litellm into a status and message."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = _ERROR_TYPES.get(status, "api_error")
+
+
+class LiteLLMBridge:
+    """Chat completions and embeddings for providers that do not speak the OpenAI API."""
+
+    def __init__(self) -> None:
+        self._module: ModuleType | None = None
+        self._loading: asyncio.Lock | None = None
+
+    async def serve(self, request: web.Request, call: Call, upstream: LiteLLMUpstream) -> web.StreamResponse:
+        if call.body is None or call.endpoint not in ("chat/completions", "embeddings"):
+            raise InvalidRequest(
+                f"/v1/{call.endpoint} is not available for the provider model `{call.model}`; "
+                "use /v1/chat/completions or /v1/embeddings."
+            )
+        litellm = await self._litellm()
+        kwargs: dict[str, Any] = {**call.body, **upstream.params, "model": upstream.model}
+        try:
+            if call.endpoint == "embeddings":
+                result = await litellm.aembedding(**kwargs)
+            else:
+                result = await litellm.acompletion(**kwargs)
+        except Exception as exc:  # litellm's exception tree, translated once here
+            return render(_translate(exc), _error_headers(call.request_id, exc))
+        headers = {"X-Request-Id": call.request_id}
+        if call.stream:
+            return await _stream(request, result, headers)
+        return web.Response(body=orjson.dumps(result.model_dump()), content_type="application/json", headers=headers)
+
+    async def _litellm(self) -> Any:
+        if self._module is None:
+            if self._loading is None:
+                self._loading = asyncio.Lock()
+            async with self._loading:
+                if self._module is None:
+                    log.info("loading litellm for a non-OpenAI provider (first call only)")
+                    self._module = await asyncio.to_thread(_import_litellm)
+        return self._module
+
+
+def _import_litellm() -> ModuleType:
+    # No network here or in many clusters: use the price table shipped in the
+    # package instead of fetching it at import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = importlib.import_module("litellm")
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+async def _stream(request: web.Request, chunks: AsyncIterator[Any], headers: dict[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    try:
+        async for chunk in chunks:
+            await response.write(b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n")
+    except ConnectionResetError:
+        return response
+    except Exception as exc:
+        # Cut the app off: a clean end would pass a truncated answer as complete.
+        log.warning("provider stream broke off (%s); closing the client stream", type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write(_DONE)
+    await response.write_eof()
+    return response
+
+
+def _translate(exc: Exception) -> ProxyError:
+    status = getattr(exc, "status_code", None)
+    message = str(getattr(exc, "message", None) or exc)
+    if isinstance(status, int) and 400 <= status < 600:
+        if status == 408:
+            return UpstreamTimeout(f"The provider did not answer in time: {message}")
+        return ProviderError(message, status)
+    if isinstance(exc, (TypeError, ValueError)):
+        return InvalidRequest(f"The request could not be translated for this provider: {exc}")
+    log.warning("provider call failed: %s", type(exc).__name__)
+    return UpstreamUnreachable(f"The provider could not be reached: {type(exc).__name__}.")
+
+
+def _error_headers(request_id: str, exc: Exception) -> dict[str, str]:
+    headers = {"X-Request-Id": request_id}
+    response = getattr(exc, "response", None)
+    retry_after = getattr(getattr(response, "headers", None), "get", lambda _k: None)("retry-after")
+    if isinstance(retry_after, str):
+        headers["Retry-After"] = retry_after
+    return headers

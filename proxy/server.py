@@ -1,0 +1,82 @@
+"""Running the proxy: listen, serve until SIGTERM/SIGINT, drain in-flight requests and streams, exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.app import LIFECYCLE, create_app
+from proxy.config import ConfigError, ProxyConfig, from_args
+
+log = logging.getLogger("flywheel.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class RunningProxy:
+    app: web.Application
+    url: str  # http://host:port, the actual port when --port 0
+
+
+@asynccontextmanager
+async def running(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
+    """The proxy listening on ``config.host:config.port``; leaving drains and stops it."""
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that disconnects cancels the upstream call
+        shutdown_timeout=config.drain_timeout,
+        access_log=None,
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield RunningProxy(app, f"http://{_url_host(host)}:{port}")
+    finally:
+        app[LIFECYCLE].draining = True
+        # Stops listening, closes idle keep-alive connections, waits up to
+        # drain_timeout for in-flight requests and streams, then cancels the rest.
+        await runner.cleanup()
+
+
+async def serve(config: ProxyConfig) -> None:
+    """``flywheel proxy``: serve until SIGTERM or SIGINT, then drain and return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(config) as proxy:
+        log.info("flywheel proxy listening on %s", proxy.url)
+        await stop.wait()
+        log.info("draining: waiting up to %.0fs for in-flight requests", config.drain_timeout)
+    log.info("flywheel proxy stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Entry point of ``flywheel proxy``."""
+    try:
+        config = from_args(args, environ)
+    except ConfigError as exc:
+        print(f"flywheel proxy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (not on Windows)
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+    return 0

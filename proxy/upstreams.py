@@ -1,0 +1,125 @@
+"""Where a request goes: chosen from config by the request's model, never by a request field URL.
+
+``--upstreams FILE`` is LiteLLM's ``model_list`` in TOML or JSON::
+
+    [[model_list]]
+    model_name = "claude"                       # what the app sends as "model"
+    [model_list.litellm_params]
+    model = "anthropic/claude-sonnet-4-5"       # provider/model, as litellm names it
+    api_key = "os.environ/ANTHROPIC_API_KEY"    # read from the environment at start-up
+    api_base = "https://api.anthropic.com"      # optional
+
+``openai/…`` models (and models with no provider prefix) are OpenAI-compatible and
+are forwarded byte for byte; every other provider goes through litellm.
+``model_name = "*"`` catches any model not listed.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from proxy.errors import ModelNotFound
+
+OPENAI_BASE = "https://api.openai.com/v1"
+_ENV_REF = "os.environ/"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIUpstream:
+    """An OpenAI-compatible base URL (OpenAI, vLLM, Ollama, Azure…), forwarded to as is."""
+
+    base_url: str  # no trailing slash; the request path after /v1 is appended
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None  # the upstream's model name when the model list renames it
+
+
+@dataclass(frozen=True, slots=True)
+class LiteLLMUpstream:
+    """A non-OpenAI provider (Anthropic, Bedrock, Gemini…), translated by litellm."""
+
+    model: str  # litellm's "provider/model"
+    params: Mapping[str, Any] = field(default_factory=dict, repr=False)  # api_key, api_base, …
+
+
+Upstream = OpenAIUpstream | LiteLLMUpstream
+
+
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    default: OpenAIUpstream | None = None
+    by_model: Mapping[str, Upstream] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.default is not None or bool(self.by_model)
+
+    def for_model(self, model: str | None) -> Upstream:
+        """The upstream serving ``model``; requests without a model use the default."""
+        if model is not None:
+            chosen = self.by_model.get(model) or self.by_model.get("*")
+            if chosen is not None:
+                return chosen
+        if self.default is not None:
+            return self.default
+        raise ModelNotFound(f"The model `{model}` is not configured in this proxy.", param="model")
+
+
+def load_upstreams(
+    path: Path | None,
+    *,
+    default: URL | None,
+    api_key: str | None,
+    environ: Mapping[str, str],
+) -> Upstreams:
+    """Read the model list (start-up only) and add the ``--upstream`` default."""
+    base = OpenAIUpstream(str(default).rstrip("/"), api_key) if default is not None else None
+    if path is None:
+        return Upstreams(default=base)
+    text = path.read_text(encoding="utf-8")
+    raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    entries = raw.get("model_list") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("expected a non-empty `model_list` array")
+    by_model: dict[str, Upstream] = {}
+    for index, entry in enumerate(entries):
+        name, upstream = _entry(index, entry, environ)
+        if name in by_model:
+            raise ValueError(f"model_list[{index}]: model_name {name!r} is listed twice")
+        by_model[name] = upstream
+    return Upstreams(default=base, by_model=by_model)
+
+
+def _entry(index: int, entry: Any, environ: Mapping[str, str]) -> tuple[str, Upstream]:
+    where = f"model_list[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("model_name"), str):
+        raise ValueError(f"{where}: needs a string `model_name`")
+    params = entry.get("litellm_params")
+    if not isinstance(params, dict) or not isinstance(params.get("model"), str):
+        raise ValueError(f"{where}: needs `litellm_params.model` such as 'anthropic/claude-sonnet-4-5'")
+    resolved = {key: _resolve(f"{where}.{key}", value, environ) for key, value in params.items()}
+    model: str = resolved.pop("model")
+    provider, _, bare = model.partition("/")
+    if not bare:  # no provider prefix: OpenAI-compatible, like litellm assumes
+        provider, bare = "openai", model
+    if provider == "openai":
+        api_base = resolved.pop("api_base", None) or OPENAI_BASE
+        url = URL(str(api_base))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{where}: api_base must be an http(s) URL")
+        return entry["model_name"], OpenAIUpstream(str(url).rstrip("/"), resolved.pop("api_key", None), bare)
+    return entry["model_name"], LiteLLMUpstream(model, resolved)
+
+
+def _resolve(where: str, value: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith(_ENV_REF):
+        name = value[len(_ENV_REF) :]
+        if name not in environ:
+            raise ValueError(f"{where}: environment variable {name} is not set")
+        return environ[name]
+    return value

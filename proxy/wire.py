@@ -1,0 +1,191 @@
+"""The HTTP wire on both sides: reading the app's request, and which headers cross the proxy.
+
+Bodies stay bytes unless flywheel has to change them: a request that is passed
+through unchanged is sent upstream exactly as the app sent it (no JSON round-trip).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
+
+# Endpoints whose request body is a JSON object with `model` (and maybe `stream`).
+JSON_ENDPOINTS = frozenset(("chat/completions", "completions", "embeddings", "responses"))
+
+# Hop-by-hop (RFC 9110 §7.6.1) plus what aiohttp recomputes for each leg.
+_REQUEST_DROP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",  # the proxy decompresses and sends plain bodies on loopback
+        "expect",
+        "x-request-id",  # ours; the provider gets no say in it
+    )
+)
+_RESPONSE_DROP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "x-request-id",
+    )
+)
+# flywheel's own request headers (X-Prompt-Name, X-Prompt-Vars, …) stay in the proxy.
+_OWN_PREFIX = "x-prompt-"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+@dataclass(slots=True)
+class Call:
+    """One app request on its way to the provider."""
+
+    request_id: str
+    method: str
+    endpoint: str  # path after /v1/, without the query: "chat/completions"
+    path_qs: str  # raw path after /v1 with the query, as the app sent it: "/chat/completions?x=1"
+    headers: CIMultiDict[str]  # what goes upstream
+    raw: bytes
+    body: dict[str, Any] | None  # the parsed object, for the JSON endpoints
+    model: str | None
+    stream: bool
+    rewritten: bool = False  # set when flywheel changed `body`
+
+    def set_field(self, key: str, value: Any) -> None:
+        """Change one top-level body field; the body is serialized again only then."""
+        assert self.body is not None
+        self.body[key] = value
+        self.rewritten = True
+
+    def payload(self) -> bytes:
+        if self.rewritten and self.body is not None:
+            return orjson.dumps(self.body)
+        return self.raw
+
+
+def request_id(request: web.Request) -> str:
+    """The app's ``X-Request-Id`` when it is a sane token, else a fresh one."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return "req_" + os.urandom(12).hex()
+
+
+async def read_call(request: web.Request, request_id: str, max_body: int) -> Call:
+    """Parse the app's request; raises :class:`InvalidRequest` / :class:`PayloadTooLarge`."""
+    raw_path = request.raw_path
+    path_qs = raw_path[3:]  # route guarantees the "/v1/" prefix
+    endpoint = request.match_info["tail"].strip("/")
+    _refuse_dot_segments(path_qs.partition("?")[0])
+    raw = await _read_body(request, max_body)
+    body: dict[str, Any] | None = None
+    model: str | None = None
+    stream = False
+    if endpoint in JSON_ENDPOINTS and request.method == "POST":
+        body = parse_object(raw)
+        found = body.get("model")
+        model = found if isinstance(found, str) else None
+        stream = body.get("stream") is True
+    return Call(
+        request_id=request_id,
+        method=request.method,
+        endpoint=endpoint,
+        path_qs=path_qs,
+        headers=upstream_headers(request.headers),
+        raw=raw,
+        body=body,
+        model=model,
+        stream=stream,
+    )
+
+
+def _refuse_dot_segments(path: str) -> None:
+    # The upstream host is fixed by config; this only keeps "/v1/../x" from
+    # leaving the upstream's API prefix.
+    if "." not in path and "%" not in path:
+        return
+    if any(seg in (".", "..") for seg in unquote(path).split("/")):
+        raise InvalidRequest("Dot segments are not allowed in the path.")
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidJSON("The request body is empty; expected a JSON object.")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidJSON(f"The request body must be a JSON object, not {type(value).__name__}.")
+    return value
+
+
+async def _read_body(request: web.Request, max_body: int) -> bytes:
+    if not request.body_exists:
+        return b""
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {max_body} bytes.")
+    try:
+        # aiohttp enforces client_max_size (= max_body) while reading, so a chunked
+        # body that grows past the limit is refused without being buffered whole.
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {max_body} bytes.") from exc
+
+
+def upstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The app's headers minus hop-by-hop and flywheel's own; ``Authorization`` passes."""
+    extra = _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in incoming.items():
+        lower = key.lower()
+        if lower in _REQUEST_DROP or lower.startswith(_OWN_PREFIX) or lower in extra:
+            continue
+        out.add(key, value)
+    return out
+
+
+def client_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The provider's response headers for the app; its request id is kept under another name."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in upstream.items():
+        lower = key.lower()
+        if lower not in _RESPONSE_DROP:
+            out.add(key, value)
+    provider_id = upstream.get("x-request-id")
+    if provider_id is not None:
+        out["X-Upstream-Request-Id"] = provider_id
+    out["X-Request-Id"] = request_id
+    return out
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    value = headers.get("Connection")
+    if not value:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in value.split(","))
