@@ -50,7 +50,7 @@ class Reply:
 class Seen:
     method: str
     path: str
-    query: str
+    query: str  # raw, as sent
     headers: Mapping[str, str]
     body: bytes
     closed: asyncio.Event = field(default_factory=asyncio.Event)  # the proxy closed the connection early
@@ -99,7 +99,7 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(
-            request.method, request.path, request.query_string, dict(request.headers), await request.read()
+            request.method, request.path, request.raw_path.partition("?")[2], dict(request.headers), await request.read()
         )
         self.seen.append(seen)
         self._arrivals.put_nowait(seen)
@@ -173,7 +173,10 @@ def canned(seen: Seen) -> Reply:
 def answer_text(body: Mapping[str, Any]) -> str:
     """What the fake model 'says': derived from the last message, so answers differ by input."""
     messages = body.get("messages") or [{"content": ""}]
-    return "echo: " + str(messages[-1].get("content"))
+    content = messages[-1].get("content")
+    if isinstance(content, list):  # content parts, as Anthropic and multimodal requests send them
+        content = " ".join(str(part.get("text", "")) for part in content)
+    return "echo: " + str(content)
 
 
 def chat_completion(body: Mapping[str, Any]) -> dict[str, Any]:
