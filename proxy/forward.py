@@ -39,6 +39,7 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"The upstream could not be reached: {type(exc).__name__}.") from exc
         finished = False
+        response: web.StreamResponse
         try:
             if answer.content_type == "application/json":
                 response = await _buffered(answer, call.request_id)

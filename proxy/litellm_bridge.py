@@ -87,10 +87,11 @@ def _import_litellm() -> ModuleType:
     # No network here or in many clusters: use the price table shipped in the
     # package instead of fetching it at import.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    litellm = importlib.import_module("litellm")
+    litellm: Any = importlib.import_module("litellm")
     litellm.telemetry = False
     litellm.suppress_debug_info = True
-    return litellm
+    module: ModuleType = litellm
+    return module
 
 
 async def _stream(request: web.Request, chunks: AsyncIterator[Any], headers: dict[str, str]) -> web.StreamResponse:

@@ -14,8 +14,8 @@ from multidict import CIMultiDict
 from proxy.config import Timeouts
 from proxy.server import RunningProxy
 from tests.conftest import API_KEY, proxy_for
-from tests.rawhttp import raw_request
 from tests.fake_upstream import HANG, FakeUpstream, Reply
+from tests.rawhttp import raw_request
 
 CHAT = "/v1/chat/completions"
 
