@@ -68,8 +68,15 @@ async def _buffered(answer: aiohttp.ClientResponse, request_id: str) -> web.Resp
 
 async def _streamed(request: web.Request, answer: aiohttp.ClientResponse, request_id: str) -> web.StreamResponse:
     response = web.StreamResponse(status=answer.status, headers=client_headers(answer.headers, request_id))
-    await response.prepare(request)
-    content = answer.content
+    try:
+        await response.prepare(request)
+        await _pump(request, answer.content, response)
+    except ConnectionResetError:
+        log.debug("client went away mid-stream")
+    return response
+
+
+async def _pump(request: web.Request, content: aiohttp.StreamReader, response: web.StreamResponse) -> None:
     while True:
         try:
             chunk = await content.readany()
@@ -77,16 +84,11 @@ async def _streamed(request: web.Request, answer: aiohttp.ClientResponse, reques
             # Cut the app off too: a clean end would pass a truncated answer as complete.
             log.warning("upstream stream broke off (%s); closing the client stream", type(exc).__name__)
             _cut_off(request)
-            return response
+            return
         if not chunk:
             break
-        try:
-            await response.write(chunk)
-        except ConnectionResetError:
-            log.debug("client went away mid-stream")
-            return response
+        await response.write(chunk)
     await response.write_eof()
-    return response
 
 
 def _cut_off(request: web.Request) -> None:

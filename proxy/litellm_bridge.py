@@ -59,7 +59,7 @@ class LiteLLMBridge:
                 "use /v1/chat/completions or /v1/embeddings."
             )
         litellm = await self._litellm()
-        kwargs: dict[str, Any] = {**call.body, **upstream.params, "model": upstream.model}
+        kwargs: dict[str, Any] = {**call.body, **upstream.params, "model": upstream.model_for(call.model)}
         try:
             if call.endpoint == "embeddings":
                 result = await litellm.aembedding(**kwargs)
@@ -96,20 +96,23 @@ def _import_litellm() -> ModuleType:
 
 async def _stream(request: web.Request, chunks: AsyncIterator[Any], headers: dict[str, str]) -> web.StreamResponse:
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
-    await response.prepare(request)
     try:
-        async for chunk in chunks:
-            await response.write(b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n")
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n")
+        except ConnectionResetError:
+            raise
+        except Exception as exc:  # litellm's errors mid-stream
+            # Cut the app off: a clean end would pass a truncated answer as complete.
+            log.warning("provider stream broke off (%s); closing the client stream", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write(_DONE)
+        await response.write_eof()
     except ConnectionResetError:
-        return response
-    except Exception as exc:
-        # Cut the app off: a clean end would pass a truncated answer as complete.
-        log.warning("provider stream broke off (%s); closing the client stream", type(exc).__name__)
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write(_DONE)
-    await response.write_eof()
+        log.debug("client went away mid-stream")
     return response
 
 

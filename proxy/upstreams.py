@@ -11,7 +11,9 @@
 
 ``openai/…`` models (and models with no provider prefix) are OpenAI-compatible and
 are forwarded byte for byte; every other provider goes through litellm.
-``model_name = "*"`` catches any model not listed.
+A ``model_name`` ending in ``*`` matches by prefix (``"claude-*"``; the longest
+prefix wins; ``"*"`` catches any model not listed), and a ``provider/*`` model
+serves the model the app asked for.
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ class OpenAIUpstream:
 
     base_url: str  # no trailing slash; the request path after /v1 is appended
     api_key: str | None = field(default=None, repr=False)
-    model: str | None = None  # the upstream's model name when the model list renames it
+    model: str | None = None  # the upstream's model name when the model list renames it; None keeps the app's
 
 
 @dataclass(frozen=True, slots=True)
 class LiteLLMUpstream:
     """A non-OpenAI provider (Anthropic, Bedrock, Gemini…), translated by litellm."""
 
-    model: str  # litellm's "provider/model"
+    model: str  # litellm's "provider/model"; "provider/*" serves whatever model the app asked for
     params: Mapping[str, Any] = field(default_factory=dict, repr=False)  # api_key, api_base, …
+
+    def model_for(self, requested: str | None) -> str:
+        provider, _, name = self.model.partition("/")
+        return f"{provider}/{requested}" if name == "*" and requested else self.model
 
 
 Upstream = OpenAIUpstream | LiteLLMUpstream
@@ -56,15 +62,24 @@ class Upstreams:
     default: OpenAIUpstream | None = None
     by_model: Mapping[str, Upstream] = field(default_factory=dict)
 
+    _wildcards: tuple[tuple[str, Upstream], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        found = [(name[:-1], up) for name, up in self.by_model.items() if name.endswith("*")]
+        object.__setattr__(self, "_wildcards", tuple(sorted(found, key=lambda item: -len(item[0]))))
+
     def __bool__(self) -> bool:
         return self.default is not None or bool(self.by_model)
 
     def for_model(self, model: str | None) -> Upstream:
         """The upstream serving ``model``; requests without a model use the default."""
         if model is not None:
-            chosen = self.by_model.get(model) or self.by_model.get("*")
+            chosen = self.by_model.get(model)
             if chosen is not None:
                 return chosen
+            for prefix, upstream in self._wildcards:
+                if model.startswith(prefix):
+                    return upstream
         if self.default is not None:
             return self.default
         raise ModelNotFound(f"The model `{model}` is not configured in this proxy.", param="model")
@@ -112,7 +127,8 @@ def _entry(index: int, entry: Any, environ: Mapping[str, str]) -> tuple[str, Ups
         url = URL(str(api_base))
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"{where}: api_base must be an http(s) URL")
-        return entry["model_name"], OpenAIUpstream(str(url).rstrip("/"), resolved.pop("api_key", None), bare)
+        renamed = None if bare == "*" else bare
+        return entry["model_name"], OpenAIUpstream(str(url).rstrip("/"), resolved.pop("api_key", None), renamed)
     return entry["model_name"], LiteLLMUpstream(model, resolved)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -35,15 +36,27 @@ def test_model_list_file(tmp_path: Path) -> None:
             [[model_list]]
             model_name = "local"
             litellm_params = { model = "openai/llama3", api_base = "http://127.0.0.1:8000/v1/" }
+
+            [[model_list]]
+            model_name = "claude-*"
+            litellm_params = { model = "anthropic/*" }
+
+            [[model_list]]
+            model_name = "*"
+            litellm_params = { model = "openai/*", api_key = "sk-any" }
             """
         )
     )
     upstreams = load_upstreams(path, default=None, api_key=None, environ={"ANTHROPIC_API_KEY": "sk-ant-1"})
     assert upstreams.for_model("claude") == LiteLLMUpstream("anthropic/claude-sonnet-4-5", {"api_key": "sk-ant-1"})
     assert upstreams.for_model("local") == OpenAIUpstream("http://127.0.0.1:8000/v1", None, "llama3")
-    assert "sk-ant-1" not in repr(upstreams)
+    assert upstreams.for_model("gpt-4o") == OpenAIUpstream("https://api.openai.com/v1", "sk-any", None)
+    assert LiteLLMUpstream("anthropic/*").model_for("claude-opus-4") == "anthropic/claude-opus-4"
+    assert "sk-ant-1" not in repr(upstreams) and "sk-any" not in repr(upstreams)
+    assert upstreams.for_model("claude-opus-4") == LiteLLMUpstream("anthropic/*")
+    only_listed = dataclasses.replace(upstreams, by_model={k: v for k, v in upstreams.by_model.items() if k != "*"})
     with pytest.raises(ModelNotFound, match="not configured"):
-        upstreams.for_model("gpt-4o")
+        only_listed.for_model("gpt-4o")
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY is not set"):
         load_upstreams(path, default=None, api_key=None, environ={})
 
