@@ -96,17 +96,18 @@ http {{
         )
         process = subprocess.Popen([binary, "-p", str(root), "-c", str(config), "-g", "daemon off;"])
         try:
-            _wait_listening(port)
+            wait_listening(port)
             yield f"http://127.0.0.1:{port}"
         finally:
             process.terminate()
             process.wait(10)
 
 
-def _wait_listening(port: int, timeout: float = 10) -> None:
+def wait_listening(port: int, timeout: float = 30) -> None:
+    """Block until something accepts connections on the loopback port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen on {port}")
+    raise RuntimeError(f"nothing listened on port {port} within {timeout:g}s")

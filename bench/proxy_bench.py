@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.nginx_upstream import free_port, nginx_upstream
+from bench.nginx_upstream import free_port, nginx_upstream, wait_listening
 
 CHAT = "/v1/chat/completions"
 BODY = b'{"model":"gpt-bench","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say something about foxes."}]}'
@@ -41,23 +41,11 @@ def flywheel_proxy(upstream: str, extra: Sequence[str] = ()) -> Iterator[tuple[s
                "--upstream", upstream + "/v1", *extra]
     process = subprocess.Popen(command)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz")
+        wait_listening(port)  # the proxy listens only once it is ready
         yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
         process.wait(30)
-
-
-def _wait_ready(url: str, timeout: float = 30) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} never became ready")
 
 
 def rss_mb(pid: int) -> float:

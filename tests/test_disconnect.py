@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -47,6 +48,14 @@ async def test_disconnect_mid_stream(upstream: FakeUpstream, proxy: RunningProxy
         response.close()  # drop the connection mid-stream
     await asyncio.wait_for(seen.closed.wait(), 5)
     await _still_serving(proxy)
+
+
+@pytest.fixture(autouse=True)
+def no_error_logged(caplog: pytest.LogCaptureFixture) -> Any:
+    """A client going away is routine: nothing may be logged as an error (aiohttp's included)."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def _still_serving(proxy: RunningProxy) -> None:

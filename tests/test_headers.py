@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import aiohttp
 import openai
+import pytest
 
 from proxy.server import RunningProxy, running
 from proxy.upstreams import OpenAIUpstream, Upstreams
 from tests.conftest import API_KEY, config_for
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import CUT, FakeUpstream, Reply, sse
 from tests.rawhttp import raw_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -54,8 +56,6 @@ async def test_hop_by_hop_dropped_query_kept(upstream: FakeUpstream, proxy: Runn
 
 
 async def test_no_cookies_shared_between_requests(upstream: FakeUpstream, proxy: RunningProxy) -> None:
-    from tests.fake_upstream import Reply
-
     upstream.script("/v1/models", Reply(headers={"Set-Cookie": "session=abc; Path=/"}, body=[b"{}"]))
     async with aiohttp.ClientSession() as a, aiohttp.ClientSession() as b:
         async with a.get(proxy.url + "/v1/models") as r:
@@ -63,3 +63,25 @@ async def test_no_cookies_shared_between_requests(upstream: FakeUpstream, proxy:
         async with b.get(proxy.url + "/v1/models"):
             pass
     assert "Cookie" not in upstream.seen[-1].headers  # …but another app request never carries it
+
+
+async def test_api_key_never_logged(upstream: FakeUpstream, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever happens to a request (success, provider error, cut stream), the key stays out of the log."""
+    caplog.set_level(logging.DEBUG)
+    upstream.script("/v1/chat/completions", Reply(status=401, body=[b'{"error":{"message":"bad key"}}']))
+    upstream.script("/v1/chat/completions", Reply(content_type="text/event-stream", body=[sse({"n": 1})[0], CUT]))
+    config = dataclasses.replace(
+        config_for(upstream.url), upstreams=Upstreams(default=OpenAIUpstream(upstream.url + "/v1", "sk-sidecar-SECRET"))
+    )
+    async with running(config) as proxy, aiohttp.ClientSession() as session:
+        for body in (b'{"model":"m","messages":[]}', b'{"model":"m","stream":true}', b"{bad", b'{"model":"m"}'):
+            async with session.post(
+                proxy.url + "/v1/chat/completions", data=body, headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as r:
+                try:
+                    await r.read()
+                except aiohttp.ClientPayloadError:
+                    pass
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args}" for r in caplog.records)
+    assert "upstream stream broke off" in logged  # the log did capture this run
+    assert API_KEY not in logged and "sk-sidecar-SECRET" not in logged
