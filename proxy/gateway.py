@@ -24,6 +24,10 @@ class Gateway:
         rid = request_id(request)
         try:
             call = await read_call(request, rid, self._max_body)
+            if call.endpoint == "models" and request.method == "GET" and self._upstreams.default is None:
+                return web.Response(
+                    body=self._upstreams.listed_models(), content_type="application/json", headers={"X-Request-Id": rid}
+                )
             upstream = self._upstreams.for_model(call.model)
             if isinstance(upstream, OpenAIUpstream):
                 return await self._forwarder.forward(request, call, upstream)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from yarl import URL
 
 from proxy.errors import ModelNotFound
@@ -82,7 +83,15 @@ class Upstreams:
                     return upstream
         if self.default is not None:
             return self.default
+        if model is None:
+            raise ModelNotFound("This request names no model and the proxy has no default --upstream.")
         raise ModelNotFound(f"The model `{model}` is not configured in this proxy.", param="model")
+
+    def listed_models(self) -> bytes:
+        """``GET /v1/models`` answered from the model list, for a proxy with no default upstream."""
+        names = [name for name in self.by_model if not name.endswith("*")]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "flywheel"} for name in names]
+        return orjson.dumps({"object": "list", "data": data})
 
 
 def load_upstreams(

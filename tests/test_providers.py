@@ -82,6 +82,8 @@ async def test_openai_entries_route_and_rename_the_model(upstream: FakeUpstream)
         answer = await client.chat.completions.create(model="renamed", messages=MESSAGES)
         with pytest.raises(openai.NotFoundError) as info:
             await client.chat.completions.create(model="unlisted", messages=MESSAGES)
+        listed = [m.id async for m in client.models.list()]
+    assert sorted(listed) == ["claude", "renamed"]
     assert answer.model == "gpt-real-name"
     sent = upstream.seen[-1]
     assert sent.json()["model"] == "gpt-real-name" and sent.headers["Authorization"] == "Bearer sk-openai-entry"
