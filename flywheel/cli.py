@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+import flywheel.registry.cli
 import proxy.config
 import proxy.server
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_parser = commands.add_parser("proxy", help="run the OpenAI-compatible sidecar")
     proxy.config.add_arguments(proxy_parser)
     proxy_parser.set_defaults(run=proxy.server.command)
+    flywheel.registry.cli.add_commands(commands)
     return parser
 
 
