@@ -36,7 +36,7 @@ class Change:
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"at": self.at, "actor": self.actor, "action": self.action, "reason": self.reason,
+        out: dict[str, Any] = {"at": self.at, "actor": self.actor, "action": self.action, "reason": self.reason,
                "stable": self.stable, "canary": self.canary, "weight": self.weight}
         if self.evidence:
             out["evidence"] = dict(self.evidence)
