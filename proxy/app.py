@@ -15,6 +15,8 @@ from proxy.errors import InternalError, ProxyError, from_http_exception, render
 from proxy.forward import Forwarder
 from proxy.gateway import Gateway
 from proxy.litellm_bridge import LiteLLMBridge
+from proxy.metrics import ProxyMetrics
+from proxy.prompt_watch import PromptWatcher
 
 log = logging.getLogger("flywheel.proxy")
 
@@ -29,6 +31,8 @@ class Lifecycle:
 CONFIG = web.AppKey("config", ProxyConfig)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATEWAY = web.AppKey("gateway", Gateway)
+METRICS = web.AppKey("metrics", ProxyMetrics)
+PROMPTS = web.AppKey("prompts", PromptWatcher)
 
 _OK = b'{"status":"ok"}'
 _DRAINING = b'{"status":"draining"}'
@@ -38,19 +42,27 @@ def create_app(config: ProxyConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_size, middlewares=[openai_errors])
     app[CONFIG] = config
     app[LIFECYCLE] = Lifecycle()
+    app[METRICS] = ProxyMetrics()
     app.cleanup_ctx.append(_gateway)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_api)
     return app
 
 
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    watcher = None
+    if config.registry is not None:
+        watcher = app[PROMPTS] = PromptWatcher(config.registry, config.reload_interval, app[METRICS])
+        await watcher.start()
     session = upstream_session(config)
-    app[GATEWAY] = Gateway(config.upstreams, Forwarder(session), LiteLLMBridge(), config.max_body_size)
+    app[GATEWAY] = Gateway(config.upstreams, Forwarder(session), LiteLLMBridge(), config.max_body_size, watcher)
     yield
     await session.close()
+    if watcher is not None:
+        await watcher.stop()
 
 
 def upstream_session(config: ProxyConfig) -> aiohttp.ClientSession:
@@ -79,6 +91,11 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[LIFECYCLE].draining:
         return web.Response(status=503, body=_DRAINING, content_type="application/json")
     return web.Response(body=_OK, content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

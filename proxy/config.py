@@ -9,6 +9,7 @@ from pathlib import Path
 
 from yarl import URL
 
+from flywheel.registry import Registry, RegistryError, open_registry
 from proxy.upstreams import Upstreams, load_upstreams
 
 MiB = 1024 * 1024
@@ -33,6 +34,8 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     upstreams: Upstreams
+    registry: Registry | None = None  # None: plain pass-through, no managed prompts
+    reload_interval: float = 1.0  # seconds between registry checks (picked up within 2 s)
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_size: int = 50 * MiB  # OpenAI's own per-request ceiling for image inputs
@@ -49,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstreams", type=Path, help="TOML/JSON model list: several upstreams, non-OpenAI providers via litellm"
     )
+    parser.add_argument("--registry", default="./.flywheel", help="prompt registry: DIR or k8s://NAMESPACE/CONFIGMAP")
+    parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between registry checks")
     parser.add_argument(
         "--max-body-size", type=int, default=50 * MiB, help="largest accepted request body in bytes (413 above)"
     )
@@ -81,12 +86,19 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
     _positive("--connect-timeout", args.connect_timeout)
     _positive("--read-timeout", args.read_timeout)
     _positive("--max-connections", args.max_connections)
+    _positive("--reload-interval", args.reload_interval)
+    try:
+        registry = open_registry(args.registry)
+    except RegistryError as exc:
+        raise ConfigError(f"--registry {args.registry}: {exc}") from exc
     if args.drain_timeout < 0:
         raise ConfigError("--drain-timeout must be >= 0")
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be 0..65535")
     return ProxyConfig(
         upstreams=upstreams,
+        registry=registry,
+        reload_interval=args.reload_interval,
         host=args.host,
         port=args.port,
         max_body_size=args.max_body_size,

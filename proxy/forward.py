@@ -8,6 +8,7 @@ file downloads — is written to the app chunk by chunk as it arrives.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
@@ -42,9 +43,9 @@ class Forwarder:
         response: web.StreamResponse
         try:
             if answer.content_type == "application/json":
-                response = await _buffered(answer, call.request_id)
+                response = await _buffered(answer, call.response_headers)
             else:
-                response = await _streamed(request, answer, call.request_id)
+                response = await _streamed(request, answer, call.response_headers)
             finished = True
             return response
         finally:
@@ -56,18 +57,18 @@ class Forwarder:
                 answer.close()
 
 
-async def _buffered(answer: aiohttp.ClientResponse, request_id: str) -> web.Response:
+async def _buffered(answer: aiohttp.ClientResponse, ours: Mapping[str, str]) -> web.Response:
     try:
         body = await answer.read()
     except TimeoutError as exc:
         raise UpstreamTimeout("The upstream stopped sending its answer.") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"The upstream's answer was cut off: {type(exc).__name__}.") from exc
-    return web.Response(status=answer.status, body=body, headers=client_headers(answer.headers, request_id))
+    return web.Response(status=answer.status, body=body, headers=client_headers(answer.headers, ours))
 
 
-async def _streamed(request: web.Request, answer: aiohttp.ClientResponse, request_id: str) -> web.StreamResponse:
-    response = web.StreamResponse(status=answer.status, headers=client_headers(answer.headers, request_id))
+async def _streamed(request: web.Request, answer: aiohttp.ClientResponse, ours: Mapping[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(status=answer.status, headers=client_headers(answer.headers, ours))
     try:
         await response.prepare(request)
         await _pump(request, answer.content, response)

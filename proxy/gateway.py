@@ -7,6 +7,8 @@ from aiohttp import web
 from proxy.errors import ProxyError, render
 from proxy.forward import Forwarder
 from proxy.litellm_bridge import LiteLLMBridge
+from proxy.prompt_watch import PromptWatcher
+from proxy.prompts import PROMPT_ENDPOINTS, apply_prompt
 from proxy.upstreams import OpenAIUpstream, Upstreams
 from proxy.wire import read_call, request_id
 
@@ -14,8 +16,16 @@ from proxy.wire import read_call, request_id
 class Gateway:
     """Handles the OpenAI-compatible API; one per proxy process."""
 
-    def __init__(self, upstreams: Upstreams, forwarder: Forwarder, bridge: LiteLLMBridge, max_body: int) -> None:
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        forwarder: Forwarder,
+        bridge: LiteLLMBridge,
+        max_body: int,
+        prompts: PromptWatcher | None = None,
+    ) -> None:
         self._upstreams = upstreams
+        self._prompts = prompts
         self._forwarder = forwarder
         self._bridge = bridge
         self._max_body = max_body
@@ -28,6 +38,11 @@ class Gateway:
                 return web.Response(
                     body=self._upstreams.listed_models(), content_type="application/json", headers={"X-Request-Id": rid}
                 )
+            if self._prompts is not None and call.body is not None and call.endpoint in PROMPT_ENDPOINTS:
+                applied = apply_prompt(self._prompts.book, call, request.headers)
+                if applied is not None:
+                    call.response_headers.update(applied.headers())
+                    call.model = call.body.get("model") if isinstance(call.body.get("model"), str) else None
             upstream = self._upstreams.for_model(call.model)
             if isinstance(upstream, OpenAIUpstream):
                 return await self._forwarder.forward(request, call, upstream)

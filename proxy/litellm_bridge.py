@@ -67,7 +67,7 @@ class LiteLLMBridge:
                 result = await litellm.acompletion(**kwargs)
         except Exception as exc:  # litellm's exception tree, translated once here
             return render(_translate(exc), _error_headers(call.request_id, exc))
-        headers = {"X-Request-Id": call.request_id}
+        headers = call.response_headers
         if call.stream:
             return await _stream(request, result, headers)
         return web.Response(body=orjson.dumps(result.model_dump()), content_type="application/json", headers=headers)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -74,6 +75,7 @@ class Call:
     model: str | None
     stream: bool
     rewritten: bool = False  # set when flywheel changed `body`
+    response_headers: dict[str, str] = field(default_factory=dict)  # X-Request-Id, X-Prompt-*
 
     def set_field(self, key: str, value: Any) -> None:
         """Change one top-level body field; the body is serialized again only then."""
@@ -120,6 +122,7 @@ async def read_call(request: web.Request, request_id: str, max_body: int) -> Cal
         body=body,
         model=model,
         stream=stream,
+        response_headers={"X-Request-Id": request_id},
     )
 
 
@@ -170,7 +173,7 @@ def upstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
-def client_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+def client_headers(upstream: CIMultiDictProxy[str], ours: Mapping[str, str]) -> CIMultiDict[str]:
     """The provider's response headers for the app; its request id is kept under another name."""
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in upstream.items():
@@ -180,7 +183,7 @@ def client_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiD
     provider_id = upstream.get("x-request-id")
     if provider_id is not None:
         out["X-Upstream-Request-Id"] = provider_id
-    out["X-Request-Id"] = request_id
+    out.update(ours)
     return out
 
 
