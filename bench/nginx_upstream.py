@@ -37,7 +37,10 @@ CHAT = {
 
 def _sse() -> bytes:
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-bench"}
-    events = [{**base, "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]} for w in "The quick brown fox jumps over the lazy dog".split()]
+    events = [
+        {**base, "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]}
+        for w in "The quick brown fox jumps over the lazy dog".split()
+    ]
     events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     events.append({**base, "choices": [], "usage": {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}})
     return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"

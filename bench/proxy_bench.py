@@ -37,8 +37,19 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 @contextlib.contextmanager
 def flywheel_proxy(upstream: str, extra: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    command = [sys.executable, "-m", "flywheel.cli", "--log-level", "WARNING", "proxy", "--port", str(port),
-               "--upstream", upstream + "/v1", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "flywheel.cli",
+        "--log-level",
+        "WARNING",
+        "proxy",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream + "/v1",
+        *extra,
+    ]
     process = subprocess.Popen(command)
     try:
         wait_listening(port)  # the proxy listens only once it is ready
@@ -119,7 +130,9 @@ def wrk(url: str, stream: bool, connections: int, duration: float) -> dict[str, 
         lua.flush()
         output = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", lua.name, url + CHAT],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     return _parse_wrk(output)
 
@@ -159,7 +172,9 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
                 "proxy": through,
                 "proxy_vs_direct": through["requests_per_s"] / direct["requests_per_s"],
             }
-        proxied_total = paced_count * 2 + 40 + sum(results[f"throughput_{k}"]["proxy"]["requests"] for k in ("json", "stream"))
+        proxied_total = (
+            paced_count * 2 + 40 + sum(results[f"throughput_{k}"]["proxy"]["requests"] for k in ("json", "stream"))
+        )
         results["rss_mb_after"] = rss_mb(process.pid)
         results["requests_through_proxy"] = proxied_total
     return results
@@ -187,7 +202,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"| proxy RSS after {r['requests_through_proxy']:,} requests | | {r['rss_mb_after']:.0f} MB (start {r['rss_mb_start']:.0f} MB) | | ≤ 120 MB |",
         f"| errors (socket / non-2xx) through the proxy | | {tj['proxy']['socket_errors'] + ts['proxy']['socket_errors']} / {tj['proxy']['non_2xx'] + ts['proxy']['non_2xx']} | | 0 |",
     ]
-    return "\n".join(rows) + f"\n\n{r['machine']['cores']} cores, Python {r['machine']['python']}, nginx + wrk + proxy on one machine.\n"
+    return (
+        "\n".join(rows)
+        + f"\n\n{r['machine']['cores']} cores, Python {r['machine']['python']}, nginx + wrk + proxy on one machine.\n"
+    )
 
 
 def main() -> None:

@@ -67,7 +67,9 @@ async def _buffered(answer: aiohttp.ClientResponse, ours: Mapping[str, str]) -> 
     return web.Response(status=answer.status, body=body, headers=client_headers(answer.headers, ours))
 
 
-async def _streamed(request: web.Request, answer: aiohttp.ClientResponse, ours: Mapping[str, str]) -> web.StreamResponse:
+async def _streamed(
+    request: web.Request, answer: aiohttp.ClientResponse, ours: Mapping[str, str]
+) -> web.StreamResponse:
     response = web.StreamResponse(status=answer.status, headers=client_headers(answer.headers, ours))
     try:
         await response.prepare(request)
@@ -97,4 +99,3 @@ def _cut_off(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()  # flushes what was written, then closes: no terminating chunk
-

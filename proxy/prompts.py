@@ -123,7 +123,11 @@ def _inject_chat(call: Call, system: str | None, rendered: list[tuple[str, str]]
         raise InvalidRequest("`messages` must be a list.", param="messages")
     ours = [{"role": "system", "content": system}] if system is not None else []
     ours += [{"role": role, "content": text} for role, text in rendered]
-    app = messages[1:] if messages and isinstance(messages[0], dict) and messages[0].get("role") in _SYSTEM_ROLES else messages
+    app = (
+        messages[1:]
+        if messages and isinstance(messages[0], dict) and messages[0].get("role") in _SYSTEM_ROLES
+        else messages
+    )
     if ours + app != messages:
         call.set_field("messages", ours + app)
 
@@ -153,7 +157,9 @@ def _inject_schema(call: Call, version: Version) -> None:
         text: dict[str, Any] = given if isinstance(given, dict) else {}
         call.set_field("text", {**text, "format": {"type": "json_schema", "name": version.name, "schema": schema}})
     else:
-        call.set_field("response_format", {"type": "json_schema", "json_schema": {"name": version.name, "schema": schema}})
+        call.set_field(
+            "response_format", {"type": "json_schema", "json_schema": {"name": version.name, "schema": schema}}
+        )
 
 
 def _app_system_text(call: Call) -> str | None:

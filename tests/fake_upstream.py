@@ -99,7 +99,11 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(
-            request.method, request.path, request.raw_path.partition("?")[2], dict(request.headers), await request.read()
+            request.method,
+            request.path,
+            request.raw_path.partition("?")[2],
+            dict(request.headers),
+            await request.read(),
         )
         self.seen.append(seen)
         self._arrivals.put_nowait(seen)
@@ -147,7 +151,9 @@ async def _step(request: web.Request, step: asyncio.Event | Hang | Cut) -> None:
 def canned(seen: Seen) -> Reply:
     path = seen.path
     if path.endswith("/models") and seen.method == "GET":
-        return _json({"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 1, "owned_by": "fake"}]})
+        return _json(
+            {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 1, "owned_by": "fake"}]}
+        )
     if path.endswith("/messages"):
         return _anthropic(seen.json())
     body = seen.json() if seen.body else {}
@@ -155,13 +161,23 @@ def canned(seen: Seen) -> Reply:
         return _chat_stream(body) if body.get("stream") else _json(chat_completion(body))
     if path.endswith("/embeddings"):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(len(str(x)))]} for i, x in enumerate(inputs)]
-        return _json({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(len(str(x)))]}
+            for i, x in enumerate(inputs)
+        ]
+        return _json(
+            {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+        )
     if path.endswith("/completions"):
         return _json(
             {
-                "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": body["model"],
-                "choices": [{"text": "echo: " + str(body.get("prompt")), "index": 0, "logprobs": None, "finish_reason": "stop"}],
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {"text": "echo: " + str(body.get("prompt")), "index": 0, "logprobs": None, "finish_reason": "stop"}
+                ],
                 "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
             }
         )
@@ -185,17 +201,28 @@ def chat_completion(body: Mapping[str, Any]) -> dict[str, Any]:
     if body.get("tools"):
         tool = body["tools"][0]["function"]["name"]
         message = {
-            "role": "assistant", "content": None, "refusal": None,
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool, "arguments": '{"city":"Paris"}'}}],
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": '{"city":"Paris"}'}}
+            ],
         }
         finish = "tool_calls"
     elif (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
         message["content"] = '{"answer": "fake"}'
-    choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(body.get("n") or 1)]
+    choices = [
+        {"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(body.get("n") or 1)
+    ]
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": body.get("model"),
-        "choices": choices, "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-        "system_fingerprint": "fp_fake", "x_unknown_field": {"kept": True},
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": body.get("model"),
+        "choices": choices,
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+        "system_fingerprint": "fp_fake",
+        "x_unknown_field": {"kept": True},
     }
 
 
@@ -206,7 +233,13 @@ def chat_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]} for w in words]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     if (body.get("stream_options") or {}).get("include_usage"):
-        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}})
+        chunks.append(
+            {
+                **base,
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)},
+            }
+        )
     return chunks
 
 
@@ -217,28 +250,82 @@ def _chat_stream(body: Mapping[str, Any]) -> Reply:
 def _response(body: Mapping[str, Any]) -> dict[str, Any]:
     text = "echo: " + str(body.get("input"))
     return {
-        "id": "resp_fake", "object": "response", "created_at": 1700000000, "status": "completed", "model": body.get("model"),
-        "instructions": body.get("instructions"), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-        "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
-                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-        "usage": {"input_tokens": 4, "output_tokens": 2, "total_tokens": 6,
-                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 1700000000,
+        "status": "completed",
+        "model": body.get("model"),
+        "instructions": body.get("instructions"),
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "output": [
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": 4,
+            "output_tokens": 2,
+            "total_tokens": 6,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
     }
 
 
 def _anthropic(body: Mapping[str, Any]) -> Reply:
     text = answer_text(body)
     usage = {"input_tokens": 9, "output_tokens": 4}
-    message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body.get("model"),
-               "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model"),
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
     if not body.get("stream"):
         return _json(message)
     events = [
-        ("message_start", {"type": "message_start", "message": {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 9, "output_tokens": 1}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        *[("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w + " "}}) for w in text.split(" ")],
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    **message,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": 9, "output_tokens": 1},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        *[
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w + " "}},
+            )
+            for w in text.split(" ")
+        ],
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 4}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 4},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     pieces = [f"event: {name}\ndata: ".encode() + orjson.dumps(data) + b"\n\n" for name, data in events]

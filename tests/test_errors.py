@@ -69,7 +69,10 @@ async def test_body_over_limit_is_413_by_length_and_by_chunks(upstream: FakeUpst
 
 async def test_default_limit_accepts_large_image_bodies(upstream: FakeUpstream, proxy: RunningProxy) -> None:
     image = "data:image/png;base64," + "A" * (8 * 1024 * 1024)
-    body = {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}]}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}],
+    }
     status, _, _ = await _post(proxy.url + CHAT, orjson.dumps(body))
     assert status == 200
     assert len(upstream.seen[-1].body) > 8 * 1024 * 1024
@@ -85,7 +88,9 @@ async def test_unknown_paths_and_methods(proxy: RunningProxy) -> None:
             assert_openai_error(await r.read(), "method_not_allowed")
     # HTTP clients normalize dot segments themselves; a raw request does not.
     for path in ("/v1/files/%2e%2e/secrets", "/v1/files/../../admin"):
-        status, body = await raw_request(proxy.url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status, body = await raw_request(
+            proxy.url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
         assert status == 400
         assert_openai_error(body)
 
@@ -114,15 +119,35 @@ async def test_upstream_silent_before_headers_is_504(upstream: FakeUpstream) -> 
 @pytest.mark.parametrize(
     "reply",
     [
-        Reply(status=429, headers={"Retry-After": "7"}, body=[b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}'], content_length=True),
-        Reply(status=429, body=[b'{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":null}}'], content_length=True),
-        Reply(status=503, headers={"Retry-After": "1"}, body=[b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}']),
+        Reply(
+            status=429,
+            headers={"Retry-After": "7"},
+            body=[b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}'],
+            content_length=True,
+        ),
+        Reply(
+            status=429,
+            body=[b'{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":null}}'],
+            content_length=True,
+        ),
+        Reply(
+            status=503,
+            headers={"Retry-After": "1"},
+            body=[b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}'],
+        ),
         Reply(status=502, content_type="text/html", body=[b"<html><body>502 Bad Gateway</body></html>"]),
-        Reply(status=401, body=[b'{"error":{"message":"bad key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}']),
+        Reply(
+            status=401,
+            body=[
+                b'{"error":{"message":"bad key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}'
+            ],
+        ),
     ],
     ids=["429-retry-after", "429-no-retry-after", "503", "html-502", "401"],
 )
-async def test_upstream_errors_pass_through_unchanged(reply: Reply, upstream: FakeUpstream, proxy: RunningProxy) -> None:
+async def test_upstream_errors_pass_through_unchanged(
+    reply: Reply, upstream: FakeUpstream, proxy: RunningProxy
+) -> None:
     upstream.script(CHAT, reply)
     status, headers, answer = await _post(proxy.url + CHAT, b'{"model":"m","messages":[]}')
     assert status == reply.status
@@ -131,7 +156,14 @@ async def test_upstream_errors_pass_through_unchanged(reply: Reply, upstream: Fa
 
 
 async def test_sdk_sees_provider_rate_limit(upstream: FakeUpstream, proxy: RunningProxy) -> None:
-    upstream.script(CHAT, Reply(status=429, headers={"Retry-After": "3"}, body=[b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}']))
+    upstream.script(
+        CHAT,
+        Reply(
+            status=429,
+            headers={"Retry-After": "3"},
+            body=[b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}'],
+        ),
+    )
     async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as client:
         with pytest.raises(openai.RateLimitError) as info:
             await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])

@@ -19,7 +19,9 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 async def test_app_authorization_passes_and_own_headers_stay(upstream: FakeUpstream, proxy: RunningProxy) -> None:
-    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0, organization="org-1") as c:
+    async with openai.AsyncOpenAI(
+        base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0, organization="org-1"
+    ) as c:
         await c.chat.completions.create(
             model="m",
             messages=MESSAGES,
@@ -35,7 +37,9 @@ async def test_app_authorization_passes_and_own_headers_stay(upstream: FakeUpstr
 
 async def test_configured_key_replaces_the_apps(upstream: FakeUpstream) -> None:
     config = config_for(upstream.url)
-    config = dataclasses.replace(config, upstreams=Upstreams(default=OpenAIUpstream(upstream.url + "/v1", "sk-sidecar")))
+    config = dataclasses.replace(
+        config, upstreams=Upstreams(default=OpenAIUpstream(upstream.url + "/v1", "sk-sidecar"))
+    )
     async with running(config) as proxy:
         async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-app", max_retries=0) as client:
             await client.chat.completions.create(model="m", messages=MESSAGES)

@@ -43,8 +43,15 @@ class ProxyProcess:
 @contextlib.asynccontextmanager
 async def flywheel_proxy(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[ProxyProcess]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flywheel.cli", "proxy", "--port", "0", *args,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+        sys.executable,
+        "-m",
+        "flywheel.cli",
+        "proxy",
+        "--port",
+        "0",
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     running = ProxyProcess(process)
     try:

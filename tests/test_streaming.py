@@ -22,7 +22,11 @@ PATTERNS = {
     "event_split_across_writes": [EVENT[:20], EVENT[20:] + b"\n", b"\ndata: [DONE]", b"\n\n"],
     "several_events_in_one_write": [EVENT + b"\n\n" + EVENT + b"\n\n" + b"data: [DONE]\n\n"],
     "crlf_line_endings": [EVENT + b"\r\n\r\n", EVENT + b"\r\n\r\n", b"data: [DONE]\r\n\r\n"],
-    "comments_and_fields": [b": keep-alive\n\n", b"event: message\nid: 7\nretry: 100\n" + EVENT + b"\n\n", b"data: [DONE]\n\n"],
+    "comments_and_fields": [
+        b": keep-alive\n\n",
+        b"event: message\nid: 7\nretry: 100\n" + EVENT + b"\n\n",
+        b"data: [DONE]\n\n",
+    ],
     "one_byte_writes": [bytes([b]) for b in EVENT + b"\n\ndata: [DONE]\n\n"],
     "one_megabyte_data_line": [
         b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"'

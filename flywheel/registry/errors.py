@@ -1,12 +1,12 @@
 """Registry errors; the CLI prints them, the proxy renders them in the OpenAI shape.
 
-    RegistryError
-    ├── InvalidPrompt        a prompt file or name that cannot be a version
-    ├── MissingVariables     rendering needs variables the request did not give
-    ├── UnknownPrompt        no prompt by that name
-    ├── UnknownVersion       no (or an ambiguous) version for that hash prefix
-    ├── RolloutConflict      the rollout changed under a compare-and-swap, or the change is not allowed
-    └── CorruptRegistry      a registry file that cannot be read back
+RegistryError
+├── InvalidPrompt        a prompt file or name that cannot be a version
+├── MissingVariables     rendering needs variables the request did not give
+├── UnknownPrompt        no prompt by that name
+├── UnknownVersion       no (or an ambiguous) version for that hash prefix
+├── RolloutConflict      the rollout changed under a compare-and-swap, or the change is not allowed
+└── CorruptRegistry      a registry file that cannot be read back
 """
 
 from __future__ import annotations

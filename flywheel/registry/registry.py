@@ -121,23 +121,47 @@ class Registry:
         if canary_hash == stable_hash:
             raise RolloutConflict("the canary is the stable version")
         return self._change(
-            name, expect_revision,
-            lambda r: r.changed(action=action, actor=actor, reason=reason, stable=stable_hash,
-                                canary=canary_hash, weight=weight, evidence=evidence),
+            name,
+            expect_revision,
+            lambda r: r.changed(
+                action=action,
+                actor=actor,
+                reason=reason,
+                stable=stable_hash,
+                canary=canary_hash,
+                weight=weight,
+                evidence=evidence,
+            ),
         )
 
-    def promote(self, name: str, *, actor: str = "human", reason: str = "", expect_revision: int | None = None,
-                evidence: Mapping[str, Any] | None = None) -> Rollout:
+    def promote(
+        self,
+        name: str,
+        *,
+        actor: str = "human",
+        reason: str = "",
+        expect_revision: int | None = None,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Rollout:
         def promoted(rollout: Rollout) -> Rollout:
             if rollout.canary is None:
                 raise RolloutConflict(f"{name} has no canary to promote")
-            return rollout.changed(action="promote", actor=actor, reason=reason, stable=rollout.canary,
-                                   evidence=evidence)
+            return rollout.changed(
+                action="promote", actor=actor, reason=reason, stable=rollout.canary, evidence=evidence
+            )
 
         return self._change(name, expect_revision, promoted)
 
-    def rollback(self, name: str, *, to: str | None = None, actor: str = "human", reason: str = "",
-                 expect_revision: int | None = None, evidence: Mapping[str, Any] | None = None) -> Rollout:
+    def rollback(
+        self,
+        name: str,
+        *,
+        to: str | None = None,
+        actor: str = "human",
+        reason: str = "",
+        expect_revision: int | None = None,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Rollout:
         """Abort the canary; with no canary, go back to the previous stable (or ``to``)."""
         target = self.version(name, to).hash if to else None
 

@@ -36,8 +36,15 @@ class Change:
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"at": self.at, "actor": self.actor, "action": self.action, "reason": self.reason,
-               "stable": self.stable, "canary": self.canary, "weight": self.weight}
+        out: dict[str, Any] = {
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "reason": self.reason,
+            "stable": self.stable,
+            "canary": self.canary,
+            "weight": self.weight,
+        }
         if self.evidence:
             out["evidence"] = dict(self.evidence)
         return out
@@ -74,7 +81,11 @@ class Rollout:
         weight = weight if canary else 0.0
         entry = Change(now(), actor, action, reason, stable, canary, weight, evidence or {})
         return replace(
-            self, stable=stable, canary=canary, weight=weight, revision=self.revision + 1,
+            self,
+            stable=stable,
+            canary=canary,
+            weight=weight,
+            revision=self.revision + 1,
             history=(*self.history, entry),
         )
 
@@ -87,8 +98,13 @@ class Rollout:
 
     def to_json(self) -> bytes:
         record = {
-            "name": self.name, "stable": self.stable, "canary": self.canary, "weight": self.weight,
-            "salt": self.salt, "revision": self.revision, "history": [c.to_dict() for c in self.history],
+            "name": self.name,
+            "stable": self.stable,
+            "canary": self.canary,
+            "weight": self.weight,
+            "salt": self.salt,
+            "revision": self.revision,
+            "history": [c.to_dict() for c in self.history],
         }
         return orjson.dumps(record, option=orjson.OPT_INDENT_2)
 
@@ -97,8 +113,12 @@ class Rollout:
         try:
             record = orjson.loads(data)
             rollout = cls(
-                name=str(record["name"]), stable=str(record["stable"]), canary=record.get("canary"),
-                weight=float(record.get("weight", 0)), salt=str(record["salt"]), revision=int(record["revision"]),
+                name=str(record["name"]),
+                stable=str(record["stable"]),
+                canary=record.get("canary"),
+                weight=float(record.get("weight", 0)),
+                salt=str(record["salt"]),
+                revision=int(record["revision"]),
                 history=tuple(Change(**{**c, "weight": float(c["weight"])}) for c in record.get("history", ())),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

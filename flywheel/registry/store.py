@@ -82,8 +82,10 @@ class DirectoryStore:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = open(self.root / ".lock", "a+b")  # noqa: SIM115 - held for the block
         except OSError as exc:
-            raise RegistryError(f"registry {self.root} is not writable ({exc.strerror}); "
-                                "a ConfigMap mount is read-only: write through k8s://NAMESPACE/CONFIGMAP") from exc
+            raise RegistryError(
+                f"registry {self.root} is not writable ({exc.strerror}); "
+                "a ConfigMap mount is read-only: write through k8s://NAMESPACE/CONFIGMAP"
+            ) from exc
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield

@@ -127,7 +127,11 @@ def _messages(value: Any, where: str) -> tuple[tuple[str, Template], ...]:
         raise InvalidPrompt(f"{where}: `messages` must be a non-empty list")
     out = []
     for i, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in _ROLES
+            or not isinstance(message.get("content"), str)
+        ):
             raise InvalidPrompt(f"{where}: messages[{i}] needs a role ({'/'.join(_ROLES)}) and string content")
         out.append((message["role"], Template.parse(message["content"])))
     return tuple(out)
@@ -177,8 +181,13 @@ class Version:
 
     def to_json(self) -> bytes:
         record = {
-            "name": self.name, "hash": self.hash, "content": self.content.canonical(), "parent": self.parent,
-            "author": self.author, "created": self.created, "lineage": dict(self.lineage),
+            "name": self.name,
+            "hash": self.hash,
+            "content": self.content.canonical(),
+            "parent": self.parent,
+            "author": self.author,
+            "created": self.created,
+            "lineage": dict(self.lineage),
         }
         return orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
@@ -188,8 +197,12 @@ class Version:
             record = orjson.loads(data)
             content = content_from_mapping(record["content"], where)
             version = cls(
-                name=check_name(record["name"]), hash=record["hash"], content=content, parent=record.get("parent"),
-                author=record.get("author", "human"), created=record.get("created", ""),
+                name=check_name(record["name"]),
+                hash=record["hash"],
+                content=content,
+                parent=record.get("parent"),
+                author=record.get("author", "human"),
+                created=record.get("created", ""),
                 lineage=record.get("lineage") or {},
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, InvalidPrompt) as exc:
