@@ -41,19 +41,31 @@ class DirectoryStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @property
+    def _files(self) -> Path:
+        # A mounted ConfigMap: read through ``..data``, which the kubelet swaps in one
+        # rename, so a new rollout and the new version it names appear together (the
+        # top-level links to new keys are only added after the swap).
+        data = self.root / "..data"
+        return data if data.is_dir() else self.root
+
     def keys(self) -> list[str]:
         try:
-            return sorted(entry.name for entry in os.scandir(self.root) if not entry.name.startswith("."))
+            return sorted(entry.name for entry in os.scandir(self._files) if not entry.name.startswith("."))
         except FileNotFoundError:
             return []
 
     def read(self, key: str) -> bytes | None:
         try:
-            return (self.root / key).read_bytes()
+            return (self._files / key).read_bytes()
         except FileNotFoundError:
             return None
 
     def update(self, key: str, change: Change) -> bytes | None:
+        if self._files != self.root:
+            raise RegistryError(
+                f"registry {self.root} is a mounted ConfigMap (read-only); write through k8s://NAMESPACE/CONFIGMAP"
+            )
         with self._locked():
             new = change(self.read(key))
             if new is not None:
