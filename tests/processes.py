@@ -1,0 +1,53 @@
+"""``flywheel proxy`` as a real process (the console script's code path, signals, stderr log)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+
+
+class ProxyProcess:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.url = ""
+        self.log: list[str] = []
+
+    async def wait_for_log(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        async def scan() -> re.Match[str]:
+            assert self.process.stderr is not None
+            while True:
+                line = (await self.process.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("proxy exited; log:\n" + "".join(self.log))
+                self.log.append(line)
+                if found := re.search(pattern, line):
+                    return found
+
+        return await asyncio.wait_for(scan(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def flywheel_proxy(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[ProxyProcess]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flywheel.cli",
+        "proxy",
+        "--port",
+        "0",
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    running = ProxyProcess(process)
+    try:
+        running.url = (await running.wait_for_log(r"listening on (http://\S+)"))[1]
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
