@@ -88,7 +88,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
     _positive("--max-connections", args.max_connections)
     _positive("--reload-interval", args.reload_interval)
     try:
-        registry = open_registry(args.registry)
+        registry = open_registry(args.registry, environ.get("KUBECONFIG"))
     except RegistryError as exc:
         raise ConfigError(f"--registry {args.registry}: {exc}") from exc
     if args.drain_timeout < 0:

@@ -134,3 +134,47 @@ def test_console_script_reads_flywheel_registry_from_the_environment(tmp_path: P
     listed = subprocess.run([script, "prompts", "list", "--json"], env=env, capture_output=True, check=True)
     assert orjson.loads(listed.stdout)[0]["stable"] == pushed.stdout.decode().strip()
     assert (tmp_path / "from-env" / "support.rollout.json").exists()
+
+
+def _kubeconfig(tmp_path: Path, server: str) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{server}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: t0ken}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("registry", "kubeconfig", "message"),
+    [
+        ("k8s://only-namespace", None, "expected k8s://NAMESPACE/CONFIGMAP"),
+        ("k8s://ns/cm", "missing", "no in-cluster service account and no kubeconfig"),
+        ("k8s://ns/cm", "closed-port", "cannot reach the Kubernetes API"),
+    ],
+)
+def test_k8s_registry_errors_are_clear(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    registry: str,
+    kubeconfig: str | None,
+    message: str,
+) -> None:
+    import socket
+
+    if kubeconfig == "missing":
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    elif kubeconfig == "closed-port":
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("KUBECONFIG", _kubeconfig(tmp_path, f"https://127.0.0.1:{port}"))
+    assert main(["rollout", "show", "support", "--registry", registry]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flywheel: ") and message in err and "Traceback" not in err

@@ -56,7 +56,7 @@ def _command(sub: Any, name: str, help_text: str, run: Any) -> argparse.Argument
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     parser.add_argument("--registry", default="./.flywheel", help="DIR or k8s://NAMESPACE/CONFIGMAP")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.set_defaults(run=lambda args, environ: _guarded(run, args))
+    parser.set_defaults(run=lambda args, environ: _guarded(run, args, environ.get("KUBECONFIG")))
     return parser
 
 
@@ -65,9 +65,9 @@ def _change_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor", default="human", help="who, recorded in the history")
 
 
-def _guarded(run: Any, args: argparse.Namespace) -> int:
+def _guarded(run: Any, args: argparse.Namespace, kubeconfig: str | None) -> int:
     try:
-        run(open_registry(args.registry), args)
+        run(open_registry(args.registry, kubeconfig), args)
     except RegistryError as exc:
         print(f"flywheel: {exc}", file=sys.stderr)
         return 1

@@ -21,11 +21,14 @@ _ROLLOUT = ".rollout.json"
 _VERSION = ".v."
 
 
-def open_registry(spec: str | Path) -> Registry:
-    """``DIR`` (the embedded default) or ``k8s://NAMESPACE/CONFIGMAP``."""
+def open_registry(spec: str | Path, kubeconfig: str | None = None) -> Registry:
+    """``DIR`` (the embedded default) or ``k8s://NAMESPACE/CONFIGMAP`` (in-cluster
+    credentials, else ``kubeconfig``, else ~/.kube/config)."""
     text = str(spec)
     if text.startswith("k8s://"):
-        raise RegistryError("k8s:// registries are not available in this build; use a directory")
+        from flywheel.registry.configmap_store import ConfigMapStore  # the kubernetes client only when asked for
+
+        return Registry(ConfigMapStore.connect(text.removeprefix("k8s://"), kubeconfig))
     return Registry(DirectoryStore(Path(text)))
 
 
