@@ -80,21 +80,21 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
     return ttfc * 1000, (time.perf_counter() - start) * 1000
 
 
-async def paced(direct: str, proxied: str, rate: float, count: int, stream: bool) -> dict[str, Any]:
-    """Interleave direct and proxied requests at ``rate`` pairs per second."""
+async def paced(targets: dict[str, str], rate: float, count: int, stream: bool) -> dict[str, Any]:
+    """Interleave requests to every target at ``rate`` rounds per second (order rotates)."""
     body = STREAM_BODY if stream else BODY
     headers = {**HEADERS, **({"X-Bench-Stream": "1"} if stream else {})}
-    samples: dict[str, list[tuple[float, float]]] = {"direct": [], "proxy": []}
-    connector = aiohttp.TCPConnector(limit=2)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    order = list(targets.items())
+    connector = aiohttp.TCPConnector(limit=len(targets))
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(20):  # warm up connections and code paths
-            await _one(session, direct + CHAT, body, headers)
-            await _one(session, proxied + CHAT, body, headers)
+            for _, base in order:
+                await _one(session, base + CHAT, body, headers)
         interval = 1 / rate
         next_tick = time.perf_counter()
         for i in range(count):
-            order = [("direct", direct), ("proxy", proxied)] if i % 2 else [("proxy", proxied), ("direct", direct)]
-            for name, base in order:
+            for name, base in order[i % len(order) :] + order[: i % len(order)]:
                 samples[name].append(await _one(session, base + CHAT, body, headers))
             next_tick += interval
             await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
@@ -103,8 +103,12 @@ async def paced(direct: str, proxied: str, rate: float, count: int, stream: bool
     for name, values in samples.items():
         series = sorted(v[index] for v in values)
         result[name] = {"p50_ms": _pct(series, 50), "p99_ms": _pct(series, 99), "mean_ms": statistics.fmean(series)}
-    result["added_p50_ms"] = result["proxy"]["p50_ms"] - result["direct"]["p50_ms"]
-    result["added_p99_ms"] = result["proxy"]["p99_ms"] - result["direct"]["p99_ms"]
+    for name in targets:
+        if name != "direct":
+            result[name]["added_p50_ms"] = result[name]["p50_ms"] - result["direct"]["p50_ms"]
+            result[name]["added_p99_ms"] = result[name]["p99_ms"] - result["direct"]["p99_ms"]
+    result["added_p50_ms"] = result["proxy"]["added_p50_ms"]
+    result["added_p99_ms"] = result["proxy"]["added_p99_ms"]
     result["rate_per_s"] = rate
     result["requests_each"] = count
     return result
@@ -158,13 +162,32 @@ def _parse_wrk(output: str) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------
 
 
+def managed_registry(root: Path) -> Path:
+    """A registry where the bench request's system prompt is a managed prompt with a 50 %
+    canary that sets params: every request is matched, assigned, injected, re-serialized."""
+    from flywheel.registry import open_registry
+    from flywheel.registry.version import content_from_mapping
+
+    registry = open_registry(root)
+    stable, _ = registry.push("terse", content_from_mapping({"template": "You are terse."}))
+    canary, _ = registry.push("terse", content_from_mapping({"template": "Be terse.", "params": {"temperature": 0}}))
+    registry.set_rollout("terse", stable=stable.hash, canary=canary.hash, weight=50)
+    return root
+
+
 def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": {"cores": _cores(), "python": sys.version.split()[0]}}
-    with nginx_upstream() as upstream, flywheel_proxy(upstream) as (proxied, process):
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        nginx_upstream() as upstream,
+        flywheel_proxy(upstream, ["--registry", str(Path(scratch) / "none")]) as (proxied, process),
+        flywheel_proxy(upstream, ["--registry", str(managed_registry(Path(scratch) / "reg"))]) as (managed, _),
+    ):
         results["rss_mb_start"] = rss_mb(process.pid)
+        targets = {"direct": upstream, "proxy": proxied, "managed": managed}
         for stream in (False, True):
             kind = "stream" if stream else "json"
-            results[f"latency_{kind}"] = asyncio.run(paced(upstream, proxied, 100, paced_count, stream))
+            results[f"latency_{kind}"] = asyncio.run(paced(targets, 100, paced_count, stream))
             direct = wrk(upstream, stream, connections, duration)
             through = wrk(proxied, stream, connections, duration)
             results[f"throughput_{kind}"] = {
@@ -172,8 +195,14 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
                 "proxy": through,
                 "proxy_vs_direct": through["requests_per_s"] / direct["requests_per_s"],
             }
+            if not stream:
+                with_prompt = wrk(managed, stream, connections, duration)
+                results[f"throughput_{kind}"]["managed"] = with_prompt
+                results[f"throughput_{kind}"]["managed_vs_proxy"] = (
+                    with_prompt["requests_per_s"] / through["requests_per_s"]
+                )
         proxied_total = (
-            paced_count * 2 + 40 + sum(results[f"throughput_{k}"]["proxy"]["requests"] for k in ("json", "stream"))
+            paced_count + 20 + sum(results[f"throughput_{k}"]["proxy"]["requests"] for k in ("json", "stream"))
         )
         results["rss_mb_after"] = rss_mb(process.pid)
         results["requests_through_proxy"] = proxied_total
@@ -196,7 +225,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"| JSON latency p99 @ 100 req/s | {lj['direct']['p99_ms']:.2f} ms | {lj['proxy']['p99_ms']:.2f} ms | +{lj['added_p99_ms']:.2f} ms | |",
         f"| stream time to first chunk p50 @ 100 req/s | {ls['direct']['p50_ms']:.2f} ms | {ls['proxy']['p50_ms']:.2f} ms | +{ls['added_p50_ms']:.2f} ms | ≤ +1 ms |",
         f"| stream time to first chunk p99 @ 100 req/s | {ls['direct']['p99_ms']:.2f} ms | {ls['proxy']['p99_ms']:.2f} ms | +{ls['added_p99_ms']:.2f} ms | |",
+        f"| JSON latency p50 with a managed prompt (50 % canary, injected) | | {lj['managed']['p50_ms']:.2f} ms | +{lj['managed']['added_p50_ms']:.2f} ms | |",
+        f"| stream TTFC p50 with a managed prompt | | {ls['managed']['p50_ms']:.2f} ms | +{ls['managed']['added_p50_ms']:.2f} ms | |",
         f"| JSON throughput, 32 connections | {tj['direct']['requests_per_s']:,.0f} req/s | {tj['proxy']['requests_per_s']:,.0f} req/s | ×{tj['proxy_vs_direct']:.2f} | ≥ 1,500 req/s |",
+        f"| JSON throughput with a managed prompt | | {tj['managed']['requests_per_s']:,.0f} req/s | ×{tj['managed_vs_proxy']:.2f} of plain proxy | |",
         f"| JSON p99 under that load | {tj['direct'].get('p99_ms', 0):.2f} ms | {tj['proxy'].get('p99_ms', 0):.2f} ms | | |",
         f"| stream throughput, 32 connections | {ts['direct']['requests_per_s']:,.0f} req/s | {ts['proxy']['requests_per_s']:,.0f} req/s | ×{ts['proxy_vs_direct']:.2f} | |",
         f"| proxy RSS after {r['requests_through_proxy']:,} requests | | {r['rss_mb_after']:.0f} MB (start {r['rss_mb_start']:.0f} MB) | | ≤ 120 MB |",

@@ -52,6 +52,7 @@ class PromptWatcher:
         self._metrics.registry_prompts.set(len(book.prompts))
         self._metrics.registry_errors.set(len(problems))
         self._metrics.registry_reloads.labels("error" if problems else "ok").inc()
+        log.info("registry: serving %d prompt(s)", len(book.prompts))
         for problem in problems:
             log.error("registry: %s; serving the last good state of that prompt", problem)
         return True

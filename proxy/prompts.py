@@ -41,7 +41,9 @@ class PromptBook:
     """One consistent view of the registry, indexed for per-request lookups."""
 
     prompts: Mapping[str, ActivePrompt] = field(default_factory=dict)
-    by_system_text: Mapping[str, str] = field(default_factory=dict)  # literal system prompt → prompt name
+    # The literal system prompt (edges stripped: a prompt file ends with a newline, the
+    # app's string usually does not) → the prompt name.
+    by_system_text: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, prompts: Mapping[str, ActivePrompt], versions: Mapping[str, list[Version]]) -> PromptBook:
@@ -50,7 +52,7 @@ class PromptBook:
             for version in versions[name]:
                 system = version.content.system
                 if system is not None and not system.variables:
-                    index.setdefault(system.text, name)
+                    index.setdefault(system.text.strip(), name)
         return cls(dict(prompts), index)
 
 
@@ -77,7 +79,7 @@ def apply_prompt(book: PromptBook, call: Call, headers: CIMultiDictProxy[str]) -
             raise PromptNotFound(f"No prompt named `{name}` is registered.", param="X-Prompt-Name")
     else:
         text = _app_system_text(call)
-        name = book.by_system_text.get(text) if text is not None else None
+        name = book.by_system_text.get(text.strip()) if text is not None else None
         if name is None:
             return None
         active = book.prompts[name]

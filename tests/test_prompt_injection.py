@@ -118,6 +118,19 @@ async def test_zero_code_adoption_matches_the_app_system_prompt(
     assert upstream.seen[-1].json()["messages"][0]["content"] == ADOPTED + " (edited by the app)"
 
 
+async def test_zero_code_match_ignores_surrounding_whitespace(
+    upstream: FakeUpstream, managed: RunningProxy, registry: Registry, tmp_path: Path
+) -> None:
+    from flywheel.registry import parse_prompt_file
+
+    (tmp_path / "system.txt").write_text("Answer with one word.\n")  # editors end files with a newline
+    registry.push("oneword", parse_prompt_file(tmp_path / "system.txt"))
+    await reload(managed)
+    _, headers, _ = await post(managed.url, chat("Answer with one word."))
+    assert headers["X-Prompt-Name"] == "oneword"
+    assert (await post(managed.url, chat(ADOPTED + "\n")))[1]["X-Prompt-Name"] == "adopted"
+
+
 async def test_zero_code_content_parts_and_responses_instructions_match(
     upstream: FakeUpstream, managed: RunningProxy
 ) -> None:
