@@ -6,17 +6,24 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import ProxyConfig
+from proxy.content import ContentRecorder
 from proxy.errors import InternalError, ProxyError, from_http_exception, render
+from proxy.feedback import accepted, parse_feedback
 from proxy.forward import Forwarder
 from proxy.gateway import Gateway
 from proxy.litellm_bridge import LiteLLMBridge
 from proxy.metrics import ProxyMetrics
+from proxy.pricing import PriceTable
 from proxy.prompt_watch import PromptWatcher
+from proxy.telemetry import Telemetry
+from proxy.tracing import build_tracer_provider
 
 log = logging.getLogger("flywheel.proxy")
 
@@ -33,22 +40,40 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATEWAY = web.AppKey("gateway", Gateway)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 PROMPTS = web.AppKey("prompts", PromptWatcher)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
 
 _OK = b'{"status":"ok"}'
 _DRAINING = b'{"status":"draining"}'
 
 
-def create_app(config: ProxyConfig) -> web.Application:
+def create_app(config: ProxyConfig, tracer_provider: TracerProvider | None = None) -> web.Application:
+    """The proxy app; spans go to ``tracer_provider`` when given (tests), else where config says."""
     app = web.Application(client_max_size=config.max_body_size, middlewares=[openai_errors])
     app[CONFIG] = config
     app[LIFECYCLE] = Lifecycle()
-    app[METRICS] = ProxyMetrics()
+    app[METRICS] = metrics_ = ProxyMetrics()
+    own = tracer_provider is None
+    provider = build_tracer_provider(config.export, metrics_.spans_dropped) if own else tracer_provider
+    assert provider is not None
+    app.cleanup_ctx.append(partial(_telemetry, provider=provider, own=own))
     app.cleanup_ctx.append(_gateway)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/feedback", feedback)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_api)
     return app
+
+
+async def _telemetry(app: web.Application, provider: TracerProvider, own: bool) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    prices = await asyncio.to_thread(PriceTable.from_litellm)  # a 2 MB JSON file, read once
+    app[TELEMETRY] = Telemetry(
+        provider, app[METRICS], prices, ContentRecorder(config.capture_content, config.secrets())
+    )
+    yield
+    # Flush what is queued; the SDK's export runs in its own thread, not on the loop.
+    await asyncio.to_thread(provider.shutdown if own else provider.force_flush)
 
 
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
@@ -58,7 +83,9 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         watcher = app[PROMPTS] = PromptWatcher(config.registry, config.reload_interval, app[METRICS])
         await watcher.start()
     session = upstream_session(config)
-    app[GATEWAY] = Gateway(config.upstreams, Forwarder(session), LiteLLMBridge(), config.max_body_size, watcher)
+    app[GATEWAY] = Gateway(
+        config.upstreams, Forwarder(session), LiteLLMBridge(), config.max_body_size, app[TELEMETRY], watcher
+    )
     yield
     await session.close()
     if watcher is not None:
@@ -91,6 +118,12 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[LIFECYCLE].draining:
         return web.Response(status=503, body=_DRAINING, content_type="application/json")
     return web.Response(body=_OK, content_type="application/json")
+
+
+async def feedback(request: web.Request) -> web.Response:
+    parsed = parse_feedback(await request.read())
+    request.app[TELEMETRY].record_feedback(parsed)
+    return accepted(parsed)
 
 
 async def metrics(request: web.Request) -> web.Response:

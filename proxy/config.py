@@ -10,7 +10,9 @@ from pathlib import Path
 from yarl import URL
 
 from flywheel.registry import Registry, RegistryError, open_registry
-from proxy.upstreams import Upstreams, load_upstreams
+from proxy.content import CaptureContent
+from proxy.tracing import Export
+from proxy.upstreams import LiteLLMUpstream, Upstreams, load_upstreams
 
 MiB = 1024 * 1024
 
@@ -42,6 +44,16 @@ class ProxyConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     drain_timeout: float = 30.0
     max_connections: int = 1024
+    capture_content: CaptureContent = CaptureContent.NONE
+    export: Export = field(default_factory=Export)  # where spans go
+
+    def secrets(self) -> tuple[str, ...]:
+        """Upstream keys from config: masked wherever content is captured."""
+        found = [self.upstreams.default.api_key] if self.upstreams.default else []
+        for upstream in self.upstreams.by_model.values():
+            key = upstream.params.get("api_key") if isinstance(upstream, LiteLLMUpstream) else upstream.api_key
+            found.append(key if isinstance(key, str) else None)
+        return tuple(key for key in found if key)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--registry", default="./.flywheel", help="prompt registry: DIR or k8s://NAMESPACE/CONFIGMAP")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between registry checks")
+    parser.add_argument("--spans-file", type=Path, help="also append spans here as OTLP-JSON lines (the span store)")
+    parser.add_argument(
+        "--spans-file-max-mb", type=float, default=100.0, help="rotate the spans file to PATH.1 … at this size"
+    )
+    parser.add_argument(
+        "--capture-content",
+        choices=[mode.value for mode in CaptureContent],
+        default="none",
+        help="record message content on spans: none, redacted (secrets, emails, cards masked) or full",
+    )
     parser.add_argument(
         "--max-body-size", type=int, default=50 * MiB, help="largest accepted request body in bytes (413 above)"
     )
@@ -73,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConfig:
-    """Build the config from parsed flags; ``environ`` is only read for the provider key."""
+    """Build the config from parsed flags and ``environ`` (the provider key, KUBECONFIG, OTEL_*)."""
     api_key = environ.get("FLYWHEEL_UPSTREAM_API_KEY") or None
     default = _base_url(args.upstream) if args.upstream else None
     try:
@@ -95,6 +117,11 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
         raise ConfigError("--drain-timeout must be >= 0")
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be 0..65535")
+    _positive("--spans-file-max-mb", args.spans_file_max_mb)
+    try:
+        export = Export.from_environ(environ, args.spans_file, int(args.spans_file_max_mb * MiB))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     return ProxyConfig(
         upstreams=upstreams,
         registry=registry,
@@ -105,6 +132,8 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
         timeouts=Timeouts(connect=args.connect_timeout, read=args.read_timeout),
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
+        capture_content=CaptureContent(args.capture_content),
+        export=export,
     )
 
 

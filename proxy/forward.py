@@ -8,6 +8,7 @@ file downloads — is written to the app chunk by chunk as it arrives.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 import aiohttp
@@ -15,6 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.observation import EventScanner, Outcome
 from proxy.upstreams import OpenAIUpstream
 from proxy.wire import Call, client_headers
 
@@ -41,11 +43,14 @@ class Forwarder:
             raise UpstreamUnreachable(f"The upstream could not be reached: {type(exc).__name__}.") from exc
         finished = False
         response: web.StreamResponse
+        outcome = call.outcome
+        if outcome is not None:
+            outcome.status = answer.status
         try:
             if answer.content_type == "application/json":
-                response = await _buffered(answer, call.response_headers)
+                response = await _buffered(request, answer, call.response_headers, outcome)
             else:
-                response = await _streamed(request, answer, call.response_headers)
+                response = await _streamed(request, answer, call.response_headers, outcome)
             finished = True
             return response
         finally:
@@ -57,40 +62,74 @@ class Forwarder:
                 answer.close()
 
 
-async def _buffered(answer: aiohttp.ClientResponse, ours: Mapping[str, str]) -> web.Response:
+async def _buffered(
+    request: web.Request, answer: aiohttp.ClientResponse, ours: Mapping[str, str], outcome: Outcome | None
+) -> web.Response:
     try:
         body = await answer.read()
     except TimeoutError as exc:
         raise UpstreamTimeout("The upstream stopped sending its answer.") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"The upstream's answer was cut off: {type(exc).__name__}.") from exc
-    return web.Response(status=answer.status, body=body, headers=client_headers(answer.headers, ours))
-
-
-async def _streamed(
-    request: web.Request, answer: aiohttp.ClientResponse, ours: Mapping[str, str]
-) -> web.StreamResponse:
-    response = web.StreamResponse(status=answer.status, headers=client_headers(answer.headers, ours))
+    response = web.Response(status=answer.status, body=body, headers=client_headers(answer.headers, ours))
+    if outcome is None:
+        return response
     try:
+        # Sent here rather than by returning, so that reading the answer for telemetry
+        # and checking it against the schema happen after the app has it.
         await response.prepare(request)
-        await _pump(request, answer.content, response)
+        await response.write_eof()
     except ConnectionResetError:
-        log.debug("client went away mid-stream")
+        outcome.error_type = "cancelled"
+        return response
+    outcome.first_chunk_at = time.perf_counter()
+    outcome.read_body(body)
     return response
 
 
-async def _pump(request: web.Request, content: aiohttp.StreamReader, response: web.StreamResponse) -> None:
+async def _streamed(
+    request: web.Request, answer: aiohttp.ClientResponse, ours: Mapping[str, str], outcome: Outcome | None
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=answer.status, headers=client_headers(answer.headers, ours))
+    observe = answer.content_type == "text/event-stream" and outcome is not None
+    scanner = EventScanner(outcome, outcome.hide_usage) if observe and outcome is not None else None
+    try:
+        await response.prepare(request)
+        await _pump(request, answer.content, response, scanner, outcome)
+    except ConnectionResetError:
+        log.debug("client went away mid-stream")
+        if outcome is not None:
+            outcome.error_type = "cancelled"
+    return response
+
+
+async def _pump(
+    request: web.Request,
+    content: aiohttp.StreamReader,
+    response: web.StreamResponse,
+    scanner: EventScanner | None,
+    outcome: Outcome | None,
+) -> None:
     while True:
         try:
             chunk = await content.readany()
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Cut the app off too: a clean end would pass a truncated answer as complete.
             log.warning("upstream stream broke off (%s); closing the client stream", type(exc).__name__)
+            if outcome is not None:
+                outcome.error_type = "upstream_cut_off"
             _cut_off(request)
             return
         if not chunk:
             break
-        await response.write(chunk)
+        if scanner is not None:
+            chunk = scanner.feed(chunk)
+        if chunk:
+            await response.write(chunk)
+            if outcome is not None and outcome.first_chunk_at is None:
+                outcome.first_chunk_at = time.perf_counter()
+    if scanner is not None and (rest := scanner.close()):
+        await response.write(rest)
     await response.write_eof()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from proxy.errors import InvalidRequest, ProxyError, UpstreamTimeout, UpstreamUnreachable, render
+from proxy.observation import Outcome
 from proxy.upstreams import LiteLLMUpstream
 from proxy.wire import Call
 
@@ -66,11 +68,26 @@ class LiteLLMBridge:
             else:
                 result = await litellm.acompletion(**kwargs)
         except Exception as exc:  # litellm's exception tree, translated once here
-            return render(_translate(exc), _error_headers(call.request_id, exc))
+            error = _translate(exc)
+            if call.outcome is not None:
+                call.outcome.status = error.status
+                call.outcome.error_type = error.code or str(error.status)
+            return render(error, _error_headers(call.request_id, exc))
         headers = call.response_headers
+        outcome = call.outcome
+        if outcome is not None:
+            outcome.status = 200
         if call.stream:
-            return await _stream(request, result, headers)
-        return web.Response(body=orjson.dumps(result.model_dump()), content_type="application/json", headers=headers)
+            return await _stream(request, result, headers, outcome)
+        dumped = result.model_dump()
+        response = web.Response(body=orjson.dumps(dumped), content_type="application/json", headers=headers)
+        if outcome is not None:
+            await response.prepare(request)  # sent now: telemetry reads the answer after the app has it
+            await response.write_eof()
+            outcome.first_chunk_at = time.perf_counter()
+            outcome.read_json(dumped)
+            outcome.completed = True
+        return response
 
     async def _litellm(self) -> Any:
         if self._module is None:
@@ -94,25 +111,39 @@ def _import_litellm() -> ModuleType:
     return module
 
 
-async def _stream(request: web.Request, chunks: AsyncIterator[Any], headers: dict[str, str]) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, chunks: AsyncIterator[Any], headers: dict[str, str], outcome: Outcome | None
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
     try:
         await response.prepare(request)
         try:
             async for chunk in chunks:
-                await response.write(b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n")
+                event = chunk.model_dump(exclude_none=True)
+                if outcome is not None:
+                    if outcome.read_event(event) and outcome.hide_usage:
+                        continue
+                    if outcome.first_chunk_at is None:
+                        outcome.first_chunk_at = time.perf_counter()
+                await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
         except ConnectionResetError:
             raise
         except Exception as exc:  # litellm's errors mid-stream
             # Cut the app off: a clean end would pass a truncated answer as complete.
             log.warning("provider stream broke off (%s); closing the client stream", type(exc).__name__)
+            if outcome is not None:
+                outcome.error_type = "upstream_cut_off"
             if request.transport is not None:
                 request.transport.close()
             return response
         await response.write(_DONE)
         await response.write_eof()
+        if outcome is not None:
+            outcome.completed = True
     except ConnectionResetError:
         log.debug("client went away mid-stream")
+        if outcome is not None:
+            outcome.error_type = "cancelled"
     return response
 
 

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.app import LIFECYCLE, create_app
 from proxy.config import ConfigError, ProxyConfig, from_args
@@ -26,9 +27,9 @@ class RunningProxy:
 
 
 @asynccontextmanager
-async def running(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
+async def running(config: ProxyConfig, tracer_provider: TracerProvider | None = None) -> AsyncIterator[RunningProxy]:
     """The proxy listening on ``config.host:config.port``; leaving drains and stops it."""
-    app = create_app(config)
+    app = create_app(config, tracer_provider)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that disconnects cancels the upstream call

@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
+from proxy.observation import Outcome
 
 # Endpoints whose request body is a JSON object with `model` (and maybe `stream`).
 JSON_ENDPOINTS = frozenset(("chat/completions", "completions", "embeddings", "responses"))
@@ -76,6 +77,7 @@ class Call:
     stream: bool
     rewritten: bool = False  # set when flywheel changed `body`
     response_headers: dict[str, str] = field(default_factory=dict)  # X-Request-Id, X-Prompt-*
+    outcome: Outcome | None = None  # filled while relaying, when the call is traced
 
     def set_field(self, key: str, value: Any) -> None:
         """Change one top-level body field; the body is serialized again only then."""

@@ -1,0 +1,65 @@
+"""``--spans-file``: a span exporter appending OTLP/JSON lines, rotated by size.
+
+It runs in the batch processor's worker thread, never on the request path. When the
+file would grow past ``max_bytes`` it is renamed to ``PATH.1`` (older ones shift up to
+``PATH.<backups>``), as the Collector's file exporter does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from flywheel.spans.format import encode_spans
+
+log = logging.getLogger("flywheel.spans")
+
+
+class SpansFileExporter(SpanExporter):
+    def __init__(self, path: Path, max_bytes: int = 100 * 1024 * 1024, backups: int = 5) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        line = encode_spans(spans)
+        try:
+            with self._lock:
+                if self._max_bytes and self._size() + len(line) > self._max_bytes and self._size() > 0:
+                    self._rotate()
+                with open(self.path, "ab") as handle:
+                    handle.write(line)  # one write per line: readers never see half a line
+        except OSError as exc:
+            log.error("cannot write spans to %s: %s", self.path, exc.strerror)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _rotate(self) -> None:
+        for index in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self._backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

@@ -1,0 +1,130 @@
+"""Message content on spans (``--capture-content``), in the GenAI conventions' shape.
+
+Off by default. ``redacted`` masks API keys, bearer tokens, JWTs, emails and card
+numbers; ``full`` records content as sent. In every mode the request's own credential
+is masked wherever it appears: credentials never reach a span.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+MASK = "[REDACTED]"
+
+
+class CaptureContent(enum.StrEnum):
+    NONE = "none"
+    REDACTED = "redacted"
+    FULL = "full"
+
+
+_SECRETS = re.compile(
+    r"""
+      \b(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}               # OpenAI / Stripe-style keys
+    | \bsk-ant-[A-Za-z0-9_\-]{16,}                     # Anthropic
+    | \bAKIA[0-9A-Z]{16}\b                             # AWS access key id
+    | \bAIza[0-9A-Za-z_\-]{35}\b                       # Google API key
+    | \bgh[pousr]_[A-Za-z0-9]{36,}\b                   # GitHub tokens
+    | \bxox[abposr]-[A-Za-z0-9\-]{10,}                 # Slack tokens
+    | \beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
+    | (?i:\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*         # bearer tokens
+    | \b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b   # emails
+    """,
+    re.VERBOSE,
+)
+_CARD = re.compile(r"\b(?:\d[ \-]?){12,18}\d\b")
+
+
+def redact(text: str) -> str:
+    text = _SECRETS.sub(MASK, text)
+    return _CARD.sub(lambda m: MASK if _luhn(m.group()) else m.group(), text)
+
+
+def _luhn(candidate: str) -> bool:
+    digits = [int(c) for c in candidate if c.isdigit()]
+    total = 0
+    for i, digit in enumerate(reversed(digits)):
+        if i % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+class ContentRecorder:
+    """Turns request and answer content into span attribute values for one mode."""
+
+    def __init__(self, mode: CaptureContent, secrets: Iterable[str] = ()) -> None:
+        self.mode = mode
+        self._secrets = tuple(s for s in secrets if len(s) >= 8)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not CaptureContent.NONE
+
+    def clean(self, text: str, credential: str | None = None) -> str:
+        for secret in (*self._secrets, *((credential,) if credential and len(credential) >= 8 else ())):
+            text = text.replace(secret, MASK)
+        return redact(text) if self.mode is CaptureContent.REDACTED else text
+
+    def clean_comment(self, text: str) -> str:
+        """Feedback comments are recorded in every mode, redacted unless content is ``full``."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text if self.mode is CaptureContent.FULL else redact(text)
+
+    def input_messages(self, endpoint: str, body: dict[str, Any], credential: str | None) -> tuple[str, str | None]:
+        """(``gen_ai.input.messages``, ``gen_ai.system_instructions`` or None) as JSON strings."""
+        system: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        if endpoint == "responses":
+            if isinstance(body.get("instructions"), str):
+                system.append(_text_part(self.clean(body["instructions"], credential)))
+            given = body.get("input")
+            items = [{"role": "user", "content": given}] if isinstance(given, str) else given or []
+        elif endpoint == "completions":
+            items = [{"role": "user", "content": body.get("prompt")}]
+        elif endpoint == "embeddings":
+            items = [{"role": "user", "content": body.get("input")}]
+        else:
+            items = body.get("messages") or []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict):
+                messages.append({"role": str(item.get("role", "user")), "parts": self._parts(item, credential)})
+        instructions = orjson.dumps(system).decode() if system else None
+        return orjson.dumps(messages).decode(), instructions
+
+    def output_messages(
+        self, texts: dict[int, list[str]], finish_reasons: dict[int, str], credential: str | None
+    ) -> str:
+        out = []
+        for index in sorted(set(texts) | set(finish_reasons)):
+            parts = [_text_part(self.clean("".join(texts.get(index, ())), credential))] if index in texts else []
+            out.append({"role": "assistant", "parts": parts, "finish_reason": finish_reasons.get(index, "")})
+        return orjson.dumps(out).decode()
+
+    def _parts(self, item: dict[str, Any], credential: str | None) -> list[dict[str, Any]]:
+        content = item.get("content")
+        if isinstance(content, str):
+            return [_text_part(self.clean(content, credential))]
+        parts = []
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(_text_part(self.clean(part["text"], credential)))
+            elif isinstance(part, dict):
+                parts.append({"type": str(part.get("type", "unknown"))})  # images, audio: the kind only
+            elif isinstance(part, str | int):
+                parts.append(_text_part(self.clean(str(part), credential)))
+        if item.get("tool_calls"):
+            parts.append(
+                {"type": "tool_call", "content": self.clean(orjson.dumps(item["tool_calls"]).decode(), credential)}
+            )
+        return parts
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "content": text}

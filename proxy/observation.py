@@ -1,0 +1,198 @@
+"""Reading what came back — ids, model, finish reasons, usage, output text — from a
+JSON answer or from an SSE stream as it passes, without changing a byte of it.
+
+The one exception is the usage chunk flywheel asked for on the app's behalf
+(``stream_options.include_usage``): the app did not ask for it, so it does not see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+_MAX_TEXT = 1024 * 1024  # output kept for evaluation and content capture, per call
+_RESPONSE_DONE = frozenset(("response.completed", "response.incomplete", "response.failed"))
+_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the provider answered, gathered while the answer is relayed."""
+
+    endpoint: str
+    keep_text: bool = False
+    hide_usage: bool = False  # flywheel asked for the usage chunk; the app did not
+    status: int | None = None  # the upstream's HTTP status
+    first_chunk_at: float | None = None  # perf_counter() when the first chunk went to the app
+    error_type: str | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    text_size: int = 0
+    completed: bool = False  # [DONE] or a terminal event seen
+
+    def read_body(self, raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(body, dict):
+            self.read_json(body)
+            self.completed = True
+
+    def read_json(self, body: dict[str, Any]) -> None:
+        self._ids(body)
+        self._usage(body.get("usage"))
+        if self.endpoint == "responses":
+            self._response(body)
+            return
+        for choice in _list(body.get("choices")):
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            self._text(index, text)
+            self._finish(index, choice.get("finish_reason"))
+
+    def read_event(self, event: dict[str, Any]) -> bool:
+        """Take in one stream event; True when it is a usage-only chunk."""
+        if self.endpoint == "responses":
+            kind = event.get("type")
+            if kind in _RESPONSE_DONE and isinstance(event.get("response"), dict):
+                self._ids(event["response"])
+                self._usage(event["response"].get("usage"))
+                self._response(event["response"])
+                self.completed = True
+            elif kind == "response.created" and isinstance(event.get("response"), dict):
+                self._ids(event["response"])
+            return False
+        self._ids(event)
+        choices = _list(event.get("choices"))
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            delta = choice.get("delta")
+            self._text(index, delta.get("content") if isinstance(delta, dict) else choice.get("text"))
+            self._finish(index, choice.get("finish_reason"))
+        usage = event.get("usage")
+        self._usage(usage)
+        return not choices and isinstance(usage, dict)
+
+    def output_text(self, index: int = 0) -> str:
+        return "".join(self.texts.get(index, ()))
+
+    def _ids(self, body: dict[str, Any]) -> None:
+        if self.response_id is None and isinstance(body.get("id"), str):
+            self.response_id = body["id"]
+        if self.response_model is None and isinstance(body.get("model"), str):
+            self.response_model = body["model"]
+
+    def _usage(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        inputs = usage.get("prompt_tokens", usage.get("input_tokens"))
+        outputs = usage.get("completion_tokens", usage.get("output_tokens"))
+        if isinstance(inputs, int):
+            self.input_tokens = inputs
+        if isinstance(outputs, int):
+            self.output_tokens = outputs
+
+    def _response(self, body: dict[str, Any]) -> None:
+        status = body.get("status")
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        finish = reason if isinstance(reason, str) else status
+        if isinstance(finish, str):
+            self.finish_reasons[0] = finish
+        for item in _list(body.get("output")):
+            if isinstance(item, dict) and item.get("type") == "message":
+                for part in _list(item.get("content")):
+                    if isinstance(part, dict) and part.get("type") == "output_text":
+                        self._text(0, part.get("text"))
+
+    def _text(self, index: Any, text: Any) -> None:
+        if self.keep_text and isinstance(text, str) and text and self.text_size < _MAX_TEXT:
+            self.texts.setdefault(index if isinstance(index, int) else 0, []).append(text)
+            self.text_size += len(text)
+
+    def _finish(self, index: Any, reason: Any) -> None:
+        if isinstance(reason, str):
+            self.finish_reasons[index if isinstance(index, int) else 0] = reason
+
+
+def ask_for_usage(call_body: dict[str, Any] | None, endpoint: str, stream: bool) -> bool:
+    """Whether to request ``stream_options.include_usage`` upstream on the app's behalf:
+    for streamed chat and text completions, unless the app set it either way."""
+    if not stream or call_body is None or endpoint not in ("chat/completions", "completions"):
+        return False
+    options = call_body.get("stream_options")
+    return not (isinstance(options, dict) and "include_usage" in options)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+class EventScanner:
+    """Splits SSE bytes into events as they pass, for :class:`Outcome`.
+
+    With ``hide_usage`` the bytes handed back are whole events minus the usage-only
+    chunk; otherwise every chunk is handed back exactly as it came, at once.
+    """
+
+    def __init__(self, outcome: Outcome, hide_usage: bool = False) -> None:
+        self._outcome = outcome
+        self._hide_usage = hide_usage
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already searched for a boundary
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buffer += chunk
+        kept = bytearray() if self._hide_usage else None
+        while (end := self._boundary()) is not None:
+            event = bytes(self._buffer[:end])
+            del self._buffer[:end]
+            self._scanned = 0
+            usage_only = self._read(event)
+            if kept is not None and not usage_only:
+                kept += event
+        return chunk if kept is None else bytes(kept)
+
+    def close(self) -> bytes:
+        """What is left when the stream ends (an event without its blank line)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        if rest.strip():
+            self._read(rest)
+        return rest if self._hide_usage else b""
+
+    def _boundary(self) -> int | None:
+        found = [
+            (i, len(b)) for b in _BOUNDARIES if (i := self._buffer.find(b, max(0, self._scanned - len(b) + 1))) >= 0
+        ]
+        if not found:
+            self._scanned = len(self._buffer)
+            return None
+        index, size = min(found)
+        return index + size
+
+    def _read(self, event: bytes) -> bool:
+        data = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+        if not data:
+            return False
+        payload = b"\n".join(data)
+        if payload.strip() == b"[DONE]":
+            self._outcome.completed = True
+            return False
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(parsed, dict) and self._outcome.read_event(parsed)

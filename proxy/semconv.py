@@ -1,0 +1,43 @@
+"""Span attribute names: the OpenTelemetry GenAI semantic conventions, and flywheel's own."""
+
+from typing import Final
+
+# gen_ai.* (OpenTelemetry GenAI semantic conventions)
+OPERATION_NAME: Final = "gen_ai.operation.name"
+PROVIDER_NAME: Final = "gen_ai.provider.name"
+REQUEST_MODEL: Final = "gen_ai.request.model"
+REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+REQUEST_SEED: Final = "gen_ai.request.seed"
+REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
+REQUEST_STREAM: Final = "gen_ai.request.stream"
+RESPONSE_MODEL: Final = "gen_ai.response.model"
+RESPONSE_ID: Final = "gen_ai.response.id"
+RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+PROMPT_NAME: Final = "gen_ai.prompt.name"
+PROMPT_VERSION: Final = "gen_ai.prompt.version"
+INPUT_MESSAGES: Final = "gen_ai.input.messages"
+OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+SYSTEM_INSTRUCTIONS: Final = "gen_ai.system_instructions"
+EVALUATION_NAME: Final = "gen_ai.evaluation.name"
+EVALUATION_SCORE_VALUE: Final = "gen_ai.evaluation.score.value"
+EVALUATION_SCORE_LABEL: Final = "gen_ai.evaluation.score.label"
+EVALUATION_EXPLANATION: Final = "gen_ai.evaluation.explanation"
+EVALUATION_RESULT: Final = "gen_ai.evaluation.result"  # the event (here a span) name
+
+# general conventions
+ERROR_TYPE: Final = "error.type"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+HTTP_STATUS_CODE: Final = "http.response.status_code"
+
+# flywheel's own
+PROMPT_ARM: Final = "flywheel.prompt.arm"
+REQUEST_ID: Final = "flywheel.request_id"
+TIME_TO_FIRST_CHUNK: Final = "flywheel.time_to_first_chunk"  # seconds
+SCHEMA_VALID: Final = "flywheel.eval.schema_valid"
+COST_USD: Final = "flywheel.cost.usd"
+FEEDBACK_CORRECTION: Final = "flywheel.feedback.correction"

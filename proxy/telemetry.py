@@ -1,0 +1,323 @@
+"""One CLIENT span and one set of metrics per proxied GenAI call (SPEC §5), and feedback.
+
+A :class:`CallTrace` is opened when the request is read and finished after the answer
+has been sent, so the span's attributes, the schema check and the metrics never delay
+the app. The app's ``traceparent`` is the span's parent; the span is the provider's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import orjson
+from multidict import CIMultiDictProxy
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from yarl import URL
+
+from flywheel.registry import Version
+from proxy import semconv as sc
+from proxy.content import ContentRecorder
+from proxy.feedback import Feedback
+from proxy.metrics import ProxyMetrics
+from proxy.observation import Outcome
+from proxy.pricing import PriceTable
+from proxy.prompts import Applied
+from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
+from proxy.wire import Call
+
+OPERATIONS = {
+    "chat/completions": "chat",
+    "responses": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+}
+_REQUEST_PARAMS = (
+    ("temperature", sc.REQUEST_TEMPERATURE, float),
+    ("top_p", sc.REQUEST_TOP_P, float),
+    ("max_tokens", sc.REQUEST_MAX_TOKENS, int),
+    ("max_completion_tokens", sc.REQUEST_MAX_TOKENS, int),
+    ("max_output_tokens", sc.REQUEST_MAX_TOKENS, int),
+    ("seed", sc.REQUEST_SEED, int),
+    ("n", sc.REQUEST_CHOICE_COUNT, int),
+)
+UPSTREAM_FAULTS = frozenset(("upstream_unreachable", "upstream_timeout", "upstream_cut_off"))
+_LITELLM_PROVIDERS = {
+    "bedrock": "aws.bedrock",
+    "gemini": "gcp.gemini",
+    "vertex_ai": "gcp.vertex_ai",
+    "azure": "azure.ai.openai",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What feedback needs to know about a call it refers to."""
+
+    context: SpanContext
+    prompt: str
+    version: str
+    arm: str
+    response_id: str | None
+
+
+class Telemetry:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        metrics: ProxyMetrics,
+        prices: PriceTable,
+        content: ContentRecorder,
+        remember: int = 100_000,
+    ) -> None:
+        self.provider = provider
+        self.metrics = metrics
+        self.prices = prices
+        self.content = content
+        self._tracer = provider.get_tracer("flywheel.proxy")
+        self._propagator = TraceContextTextMapPropagator()
+        self._served: OrderedDict[str, Served] = OrderedDict()
+        self._remember = remember
+        self._validators: dict[str, Any] = {}
+
+    def begin(self, call: Call, headers: CIMultiDictProxy[str], started: float) -> CallTrace | None:
+        """Open the call's span (GenAI endpoints only) and pass its context upstream."""
+        operation = OPERATIONS.get(call.endpoint)
+        if operation is None or call.body is None:
+            return None
+        parent = self._propagator.extract(headers)
+        span = self._tracer.start_span(
+            f"{operation} {call.model or ''}".rstrip(),
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes={sc.OPERATION_NAME: operation, sc.REQUEST_ID: call.request_id, sc.REQUEST_STREAM: call.stream},
+            start_time=time.time_ns() - int((time.perf_counter() - started) * 1e9),
+        )
+        self._propagator.inject(call.headers, context=trace.set_span_in_context(span))
+        call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
+        self.metrics.in_flight.inc()
+        return CallTrace(self, call, span, operation, started, _credential(headers))
+
+    def remember(self, request_id: str, served: Served) -> None:
+        self._served[request_id] = served
+        if len(self._served) > self._remember:
+            self._served.popitem(last=False)
+
+    def served(self, request_id: str) -> Served | None:
+        return self._served.get(request_id)
+
+    def record_feedback(self, feedback: Feedback) -> None:
+        """A ``gen_ai.evaluation.result`` span in the call's trace (when this proxy served it)."""
+        served = self._served.get(feedback.request_id)
+        attributes: dict[str, Any] = {
+            sc.EVALUATION_NAME: "user_feedback",
+            sc.EVALUATION_SCORE_VALUE: feedback.score,
+            sc.REQUEST_ID: feedback.request_id,
+        }
+        if feedback.label is not None:
+            attributes[sc.EVALUATION_SCORE_LABEL] = feedback.label
+        if feedback.comment:
+            attributes[sc.EVALUATION_EXPLANATION] = self.content.clean_comment(feedback.comment)
+        if feedback.correction and self.content.enabled:
+            attributes[sc.FEEDBACK_CORRECTION] = self.content.clean(feedback.correction)
+        parent = None
+        links = []
+        if served is not None:
+            attributes |= {sc.PROMPT_NAME: served.prompt, sc.PROMPT_VERSION: served.version, sc.PROMPT_ARM: served.arm}
+            if served.response_id:
+                attributes[sc.RESPONSE_ID] = served.response_id
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(served.context))
+            links = [trace.Link(served.context)]
+        span = self._tracer.start_span(
+            sc.EVALUATION_RESULT, context=parent, kind=SpanKind.INTERNAL, attributes=attributes, links=links
+        )
+        span.end()
+        labels = (served.prompt, served.version, served.arm) if served else ("", "", "")
+        self.metrics.feedback.labels(*labels, feedback.kind).inc()
+        self.metrics.feedback_score.labels(*labels).observe(feedback.score)
+
+    def schema_valid(self, version: Version, text: str) -> bool:
+        assert version.content.response_schema is not None
+        validator = self._validators.get(version.hash)
+        if validator is None:
+            schema = dict(version.content.response_schema)
+            validator = self._validators[version.hash] = jsonschema.validators.validator_for(schema)(schema)
+        try:
+            document = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        return bool(validator.is_valid(document))
+
+
+class CallTrace:
+    """The span and labels of one call, finished once the answer is out."""
+
+    def __init__(
+        self, telemetry: Telemetry, call: Call, span: trace.Span, operation: str, started: float, credential: str | None
+    ) -> None:
+        self._t = telemetry
+        self._call = call
+        self._span = span
+        self._operation = operation
+        self._started = started
+        self._credential = credential
+        self._applied: Applied | None = None
+        self._status: int | None = None
+        self._error: str | None = None
+
+    def prompt_applied(self, applied: Applied | None) -> None:
+        self._applied = applied
+        if applied is not None:
+            self._span.set_attributes(
+                {
+                    sc.PROMPT_NAME: applied.name,
+                    sc.PROMPT_VERSION: applied.version.hash,
+                    sc.PROMPT_ARM: applied.arm.value,
+                }
+            )
+
+    def routed(self, upstream: Upstream) -> None:
+        call = self._call
+        if call.model:
+            self._span.update_name(f"{self._operation} {call.model}")
+        self._span.set_attributes(_upstream_attributes(upstream))
+
+    def failed(self, status: int, error_type: str) -> None:
+        """flywheel answered with its own error (bad input, upstream unreachable …)."""
+        self._status, self._error = status, error_type
+
+    def finish(self) -> None:
+        call, outcome, span, t = self._call, self._call.outcome, self._span, self._t
+        assert outcome is not None
+        ended = time.perf_counter()
+        status = self._status or outcome.status
+        error = self._error or outcome.error_type or (str(status) if status is not None and status >= 400 else None)
+        attributes = self._request_attributes() | self._response_attributes(outcome)
+        if status is not None:
+            attributes[sc.HTTP_STATUS_CODE] = status
+        if outcome.first_chunk_at is not None and call.stream:
+            attributes[sc.TIME_TO_FIRST_CHUNK] = outcome.first_chunk_at - self._started
+        cost = t.prices.cost((outcome.response_model, call.model), outcome.input_tokens, outcome.output_tokens)
+        if cost is not None:
+            attributes[sc.COST_USD] = cost
+        valid = self._schema_check(outcome, error)
+        if valid is not None:
+            attributes[sc.SCHEMA_VALID] = valid
+        if t.content.enabled and call.body is not None:
+            self._content(attributes, outcome)
+        if error is not None:
+            attributes[sc.ERROR_TYPE] = error
+            span.set_status(Status(StatusCode.ERROR))
+        span.set_attributes(attributes)
+        span.end()
+        self._metrics(status, error, ended, cost, valid, outcome)
+        applied = self._applied
+        t.remember(
+            call.request_id,
+            Served(
+                span.get_span_context(),
+                applied.name if applied else "",
+                applied.version.hash if applied else "",
+                applied.arm.value if applied else "",
+                outcome.response_id,
+            ),
+        )
+
+    def _request_attributes(self) -> dict[str, Any]:
+        call = self._call
+        assert call.body is not None
+        attributes: dict[str, Any] = {}
+        if call.model:
+            attributes[sc.REQUEST_MODEL] = call.model
+        for key, name, kind in _REQUEST_PARAMS:
+            value = call.body.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                attributes[name] = kind(value)
+        return attributes
+
+    @staticmethod
+    def _response_attributes(outcome: Outcome) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        if outcome.response_model:
+            attributes[sc.RESPONSE_MODEL] = outcome.response_model
+        if outcome.response_id:
+            attributes[sc.RESPONSE_ID] = outcome.response_id
+        if outcome.finish_reasons:
+            attributes[sc.RESPONSE_FINISH_REASONS] = [outcome.finish_reasons[i] for i in sorted(outcome.finish_reasons)]
+        if outcome.input_tokens is not None:
+            attributes[sc.USAGE_INPUT_TOKENS] = outcome.input_tokens
+        if outcome.output_tokens is not None:
+            attributes[sc.USAGE_OUTPUT_TOKENS] = outcome.output_tokens
+        return attributes
+
+    def _schema_check(self, outcome: Outcome, error: str | None) -> bool | None:
+        applied = self._applied
+        if applied is None or applied.version.content.response_schema is None or error is not None:
+            return None
+        if not outcome.completed:
+            return None
+        return self._t.schema_valid(applied.version, outcome.output_text(0))
+
+    def _content(self, attributes: dict[str, Any], outcome: Outcome) -> None:
+        assert self._call.body is not None
+        recorder = self._t.content
+        inputs, system = recorder.input_messages(self._call.endpoint, self._call.body, self._credential)
+        attributes[sc.INPUT_MESSAGES] = inputs
+        if system is not None:
+            attributes[sc.SYSTEM_INSTRUCTIONS] = system
+        if outcome.texts or outcome.finish_reasons:
+            attributes[sc.OUTPUT_MESSAGES] = recorder.output_messages(
+                outcome.texts, outcome.finish_reasons, self._credential
+            )
+
+    def _metrics(
+        self,
+        status: int | None,
+        error: str | None,
+        ended: float,
+        cost: float | None,
+        valid: bool | None,
+        outcome: Outcome,
+    ) -> None:
+        m, applied = self._t.metrics, self._applied
+        model = m.model_label(outcome.response_model or self._call.model)
+        labels = (applied.name, applied.version.hash, applied.arm.value) if applied else ("", "", "")
+        m.in_flight.dec()
+        status_class = "cancelled" if error == "cancelled" else f"{(status or 500) // 100}xx"
+        m.requests.labels(*labels, model, status_class).inc()
+        m.duration.labels(*labels, model).observe(ended - self._started)
+        if outcome.first_chunk_at is not None and self._call.stream:
+            m.time_to_first_chunk.labels(*labels, model).observe(outcome.first_chunk_at - self._started)
+        if outcome.input_tokens:
+            m.tokens.labels(*labels, model, "input").inc(outcome.input_tokens)
+        if outcome.output_tokens:
+            m.tokens.labels(*labels, model, "output").inc(outcome.output_tokens)
+        if cost:
+            m.cost.labels(*labels, model).inc(cost)
+        if valid is not None:
+            m.schema_results.labels(*labels, model, "valid" if valid else "invalid").inc()
+        if error in UPSTREAM_FAULTS or (outcome.status or 0) >= 400:
+            m.upstream_errors.labels(model, status_class).inc()
+
+
+def _upstream_attributes(upstream: Upstream) -> dict[str, Any]:
+    if isinstance(upstream, LiteLLMUpstream):
+        provider = upstream.model.partition("/")[0]
+        return {sc.PROVIDER_NAME: _LITELLM_PROVIDERS.get(provider, provider)}
+    assert isinstance(upstream, OpenAIUpstream)
+    url = URL(upstream.base_url)
+    host = url.host or ""
+    provider = "azure.ai.openai" if host.endswith(".openai.azure.com") else "openai"
+    return {sc.PROVIDER_NAME: provider, sc.SERVER_ADDRESS: host, sc.SERVER_PORT: url.port or 443}
+
+
+def _credential(headers: CIMultiDictProxy[str]) -> str | None:
+    value = headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None

@@ -1,0 +1,139 @@
+"""Where spans go: the OpenTelemetry SDK's batch processor (a worker thread, so export
+never blocks a request) in front of OTLP (gRPC or HTTP, configured by the standard
+``OTEL_*`` variables) and of the ``--spans-file`` store. Spans dropped because a queue
+was full or an export failed are counted in ``flywheel_spans_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import Counter
+
+from flywheel.spans import SpansFileExporter
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """Which exporters to run; read once from flags and the ``OTEL_*`` environment."""
+
+    otlp_protocol: str | None = None  # None: no OTLP export
+    spans_file: Path | None = None
+    spans_file_max_bytes: int = 100 * 1024 * 1024
+    service_name: str | None = "flywheel-proxy"  # None when OTEL_SERVICE_NAME names it
+    queue_size: int = 8192
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], spans_file: Path | None, spans_file_max_bytes: int) -> Export:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        disabled = (
+            environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or environ.get("OTEL_TRACES_EXPORTER") == "none"
+        )
+        protocol = (
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        if protocol not in OTLP_PROTOCOLS:
+            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use one of {', '.join(OTLP_PROTOCOLS)}")
+        return cls(
+            otlp_protocol=protocol if endpoint and not disabled else None,
+            spans_file=spans_file,
+            spans_file_max_bytes=spans_file_max_bytes,
+            service_name=None if environ.get("OTEL_SERVICE_NAME") else "flywheel-proxy",
+        )
+
+
+def build_tracer_provider(export: Export, dropped: Counter) -> TracerProvider:
+    # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": export.service_name} if export.service_name else {})
+    )
+    for exporter in _exporters(export):
+        provider.add_span_processor(CountingBatchProcessor(exporter, dropped, export.queue_size))
+    return provider
+
+
+def _exporters(export: Export) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    if export.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        exporters.append(GrpcExporter())  # endpoint, headers, TLS from OTEL_EXPORTER_OTLP_*
+    elif export.otlp_protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        exporters.append(HttpExporter())
+    if export.spans_file is not None:
+        exporters.append(SpansFileExporter(export.spans_file, export.spans_file_max_bytes))
+    return exporters
+
+
+class CountingBatchProcessor(SpanProcessor):
+    """The SDK's ``BatchSpanProcessor``, plus a count of what it had to drop.
+
+    The SDK's queue drops its oldest span when full; knowing how many spans are queued
+    (handed in minus handed to the exporter) tells when that happens. Failed exports
+    are counted too.
+    """
+
+    def __init__(self, exporter: SpanExporter, dropped: Counter, queue_size: int) -> None:
+        self._dropped = dropped
+        self._queue_size = queue_size
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._inner = BatchSpanProcessor(_Counted(exporter, self), max_queue_size=queue_size)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            with self._lock:
+                if self._queued >= self._queue_size:
+                    self._dropped.inc()
+                else:
+                    self._queued += 1
+        self._inner.on_end(span)
+
+    def exported(self, count: int, ok: bool) -> None:
+        with self._lock:
+            self._queued = max(0, self._queued - count)
+        if not ok:
+            self._dropped.inc(count)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _Counted(SpanExporter):
+    def __init__(self, exporter: SpanExporter, processor: CountingBatchProcessor) -> None:
+        self._exporter = exporter
+        self._processor = processor
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            self._processor.exported(len(spans), ok=False)
+            raise  # the SDK logs it
+        self._processor.exported(len(spans), ok=result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
