@@ -173,6 +173,9 @@ class CallTrace:
 
     def prompt_applied(self, applied: Applied | None) -> None:
         self._applied = applied
+        if applied is not None and applied.version.content.response_schema is not None:
+            assert self._call.outcome is not None
+            self._call.outcome.keep_text = True  # the schema check reads the output
         if applied is not None:
             self._span.set_attributes(
                 {

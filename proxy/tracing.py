@@ -91,7 +91,9 @@ class CountingBatchProcessor(SpanProcessor):
         self._queue_size = queue_size
         self._queued = 0
         self._lock = threading.Lock()
-        self._inner = BatchSpanProcessor(_Counted(exporter, self), max_queue_size=queue_size)
+        self._inner = BatchSpanProcessor(
+            _Counted(exporter, self), max_queue_size=queue_size, max_export_batch_size=min(512, queue_size)
+        )
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self._inner.on_start(span, parent_context)
@@ -105,9 +107,12 @@ class CountingBatchProcessor(SpanProcessor):
                     self._queued += 1
         self._inner.on_end(span)
 
-    def exported(self, count: int, ok: bool) -> None:
+    def taken(self, count: int) -> None:
+        """The SDK's worker took ``count`` spans off its queue for one export."""
         with self._lock:
             self._queued = max(0, self._queued - count)
+
+    def exported(self, count: int, ok: bool) -> None:
         if not ok:
             self._dropped.inc(count)
 
@@ -124,6 +129,7 @@ class _Counted(SpanExporter):
         self._processor = processor
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._processor.taken(len(spans))
         try:
             result = self._exporter.export(spans)
         except Exception:

@@ -1,0 +1,259 @@
+"""Spans in the GenAI conventions (SDK in-memory exporter), the usage chunk, traceparent,
+the schema evaluator, content capture and feedback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from opentelemetry.trace import SpanKind, StatusCode
+
+from flywheel.registry import open_registry
+from flywheel.registry.version import content_from_mapping
+from proxy.content import CaptureContent
+from tests.conftest import API_KEY
+from tests.fake_upstream import FakeUpstream, Reply, sse
+from tests.spans import traced_proxy
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+
+
+def client(url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+async def test_chat_span_follows_the_genai_conventions(upstream: FakeUpstream) -> None:
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, temperature=0.3, max_tokens=50, seed=4
+        )
+        span = await traced.spans.one("chat")
+    a = span.attributes
+    assert span.name == "chat gpt-4o-mini" and span.kind is SpanKind.CLIENT
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.request.model"] == "gpt-4o-mini" and a["gen_ai.response.model"] == "gpt-4o-mini"
+    assert a["gen_ai.response.id"] == "chatcmpl-fake" and a["gen_ai.response.finish_reasons"] == ("stop",)
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (7, 5)
+    assert (a["gen_ai.request.temperature"], a["gen_ai.request.max_tokens"], a["gen_ai.request.seed"]) == (0.3, 50, 4)
+    assert a["flywheel.request_id"] == raw.headers["X-Request-Id"] and a["http.response.status_code"] == 200
+    assert a["server.address"] == "127.0.0.1" and a["flywheel.cost.usd"] == pytest.approx(7 * 1.5e-7 + 5 * 6e-7)
+    assert "error.type" not in a and span.status.status_code is StatusCode.UNSET
+    assert not [k for k in a if k.startswith("gen_ai.input") or k.startswith("gen_ai.output")]  # content is opt-in
+
+
+async def test_stream_usage_is_read_and_hidden_from_an_app_that_did_not_ask(upstream: FakeUpstream) -> None:
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        stream = await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        chunks = [chunk async for chunk in stream]
+        span = await traced.spans.one("chat")
+    assert upstream.seen[-1].json()["stream_options"] == {"include_usage": True}
+    assert chunks and all(chunk.usage is None and chunk.choices for chunk in chunks)  # no usage chunk shown
+    a = span.attributes
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (7, 3)
+    assert a["gen_ai.response.finish_reasons"] == ("stop",) and a["gen_ai.response.id"] == "chatcmpl-fake"
+    assert a["gen_ai.request.stream"] is True and 0 < a["flywheel.time_to_first_chunk"] < 5
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_app_choice_about_the_usage_chunk_is_respected(upstream: FakeUpstream, include_usage: bool) -> None:
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        stream = await c.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": include_usage}
+        )
+        chunks = [chunk async for chunk in stream]
+        span = await traced.spans.one("chat")
+    assert upstream.seen[-1].json()["stream_options"] == {"include_usage": include_usage}
+    assert any(chunk.usage is not None for chunk in chunks) is include_usage
+    assert ("gen_ai.usage.output_tokens" in span.attributes) is include_usage
+
+
+async def test_usage_chunk_split_across_reads_is_still_hidden(upstream: FakeUpstream) -> None:
+    events = sse(
+        {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]},
+        {"id": "c1", "model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+    )
+    whole = b"".join(events)
+    pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]  # every event split mid-line, no CRLF
+    upstream.script(CHAT, Reply(content_type="text/event-stream", body=pieces))
+    async with traced_proxy(upstream) as traced, aiohttp.ClientSession() as session:
+        body = {"model": "m", "messages": MESSAGES, "stream": True}
+        async with session.post(traced.url + CHAT, json=body) as r:
+            received = await r.read()
+        span = await traced.spans.one("chat")
+    assert received == events[0] + events[2]  # the content event and [DONE], byte for byte
+    assert span.attributes["gen_ai.usage.input_tokens"] == 3
+
+
+async def test_embeddings_span(upstream: FakeUpstream) -> None:
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        await c.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+        span = await traced.spans.one("embeddings")
+    assert span.name == "embeddings text-embedding-3-small"
+    assert span.attributes["gen_ai.operation.name"] == "embeddings"
+    assert span.attributes["gen_ai.usage.input_tokens"] == 3
+
+
+async def test_upstream_error_and_unreachable_upstream_set_error_type(upstream: FakeUpstream) -> None:
+    error = b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}'
+    upstream.script(CHAT, Reply(status=429, body=[error]))
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        with pytest.raises(openai.RateLimitError):
+            await c.chat.completions.create(model="m", messages=MESSAGES)
+        span = await traced.spans.one("chat")
+        assert span.attributes["error.type"] == "429" and span.status.status_code is StatusCode.ERROR
+    async with traced_proxy(upstream, upstreams=_unreachable()) as traced, client(traced.url) as c:
+        with pytest.raises(openai.APIStatusError):
+            await c.chat.completions.create(model="m", messages=MESSAGES)
+        span = await traced.spans.one("chat")
+        assert span.attributes["error.type"] == "upstream_unreachable"
+        assert span.attributes["http.response.status_code"] == 502
+
+
+def _unreachable() -> Any:
+    import socket
+
+    from proxy.upstreams import OpenAIUpstream, Upstreams
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return Upstreams(default=OpenAIUpstream(f"http://127.0.0.1:{port}/v1"))
+
+
+async def test_traceparent_from_the_sdk_is_the_parent_and_goes_upstream(upstream: FakeUpstream) -> None:
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        await c.chat.completions.create(
+            model="m", messages=MESSAGES, extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}
+        )
+        span = await traced.spans.one("chat")
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
+    sent = upstream.seen[-1].headers["traceparent"]
+    assert sent == f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
+
+
+async def test_prompt_and_schema_evaluation_on_the_span(upstream: FakeUpstream, tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "r")
+    good = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    bad = {"type": "object", "required": ["score"]}
+    registry.push("good", content_from_mapping({"template": "Answer.", "response_schema": good}))
+    registry.push("bad", content_from_mapping({"template": "Score.", "response_schema": bad}))
+    json_stream = [b'{"ans', b'wer": ', b'"yes"}']
+    events = sse(
+        *[{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": p.decode()}}]} for p in json_stream],
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )
+    async with traced_proxy(upstream, registry=registry) as traced, client(traced.url) as c:
+        for name in ("good", "bad"):
+            await c.chat.completions.create(model="m", messages=MESSAGES, extra_headers={"X-Prompt-Name": name})
+        upstream.script(CHAT, Reply(content_type="text/event-stream", body=events))
+        stream = await c.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, extra_headers={"X-Prompt-Name": "good"}
+        )
+        _ = [chunk async for chunk in stream]
+        spans = await traced.spans.wait_for(3, "chat")
+        async with aiohttp.ClientSession() as session, session.get(traced.url + "/metrics") as r:
+            metrics = await r.text()
+    results = [(s.attributes["gen_ai.prompt.name"], s.attributes["flywheel.eval.schema_valid"]) for s in spans]
+    assert results == [("good", True), ("bad", False), ("good", True)]
+    assert all(
+        s.attributes["flywheel.prompt.arm"] == "stable" and len(s.attributes["gen_ai.prompt.version"]) == 12
+        for s in spans
+    )
+    assert 'flywheel_schema_results_total{arm="stable",model="m",prompt="good"' in metrics
+    assert 'result="invalid",version=' in metrics
+
+
+@pytest.mark.parametrize("mode", list(CaptureContent))
+async def test_content_capture_modes(upstream: FakeUpstream, mode: CaptureContent) -> None:
+    user = f"Mail bob@example.com, card 4111 1111 1111 1111, key sk-live-abcdefghijklmnop1234 and {API_KEY}"
+    async with traced_proxy(upstream, capture_content=mode) as traced, client(traced.url) as c:
+        await c.chat.completions.create(
+            model="m", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}]
+        )
+        span = await traced.spans.one("chat")
+    a = span.attributes
+    if mode is CaptureContent.NONE:
+        assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a
+        return
+    inputs, outputs = orjson.loads(a["gen_ai.input.messages"]), orjson.loads(a["gen_ai.output.messages"])
+    assert inputs[0] == {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]}
+    assert outputs[0]["role"] == "assistant" and outputs[0]["finish_reason"] == "stop"
+    said, answered = inputs[1]["parts"][0]["content"], outputs[0]["parts"][0]["content"]
+    assert API_KEY not in said and API_KEY not in answered  # the request's own key, in every mode
+    if mode is CaptureContent.FULL:
+        assert "bob@example.com" in said and "4111 1111 1111 1111" in said
+    else:
+        for secret in ("bob@example.com", "4111 1111 1111 1111", "sk-live-abcdefghijklmnop1234"):
+            assert secret not in said and secret not in answered
+        assert said.count("[REDACTED]") == 4
+
+
+async def test_feedback_is_an_evaluation_result_in_the_call_trace(upstream: FakeUpstream) -> None:
+    async with traced_proxy(upstream, capture_content=CaptureContent.REDACTED) as traced, client(traced.url) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+        call = await traced.spans.one("chat")
+        request_id = raw.headers["X-Request-Id"]
+        async with aiohttp.ClientSession() as session:
+            feedback = {
+                "request_id": request_id,
+                "thumbs": "down",
+                "comment": "wrong, mail me at a@b.co",
+                "correction": "Hi!",
+            }
+            async with session.post(traced.url + "/v1/feedback", json=feedback) as r:
+                assert r.status == 202 and (await r.json())["request_id"] == request_id
+            async with session.post(
+                traced.url + "/v1/feedback", json={"request_id": "req_elsewhere", "score": 0.75}
+            ) as r:
+                assert r.status == 202
+            async with session.get(traced.url + "/metrics") as r:
+                metrics = await r.text()
+        first, second = await traced.spans.wait_for(2, "gen_ai.evaluation.result")
+    assert first.context.trace_id == call.context.trace_id and first.parent.span_id == call.context.span_id
+    assert first.links[0].context.span_id == call.context.span_id
+    assert dict(first.attributes) == {
+        "gen_ai.evaluation.name": "user_feedback",
+        "gen_ai.evaluation.score.value": 0.0,
+        "gen_ai.evaluation.score.label": "down",
+        "gen_ai.evaluation.explanation": "wrong, mail me at [REDACTED]",
+        "flywheel.feedback.correction": "Hi!",
+        "flywheel.request_id": request_id,
+        "gen_ai.prompt.name": "",
+        "gen_ai.prompt.version": "",
+        "flywheel.prompt.arm": "",
+        "gen_ai.response.id": "chatcmpl-fake",
+    }
+    assert second.parent is None and second.attributes["gen_ai.evaluation.score.value"] == 0.75
+    assert 'flywheel_feedback_total{arm="",kind="down",prompt="",version=""} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"", None),
+        (b"[1]", None),
+        (b'{"score": 1}', "request_id"),
+        (b'{"request_id": "r"}', "score"),
+        (b'{"request_id": "r", "score": 1.5}', "score"),
+        (b'{"request_id": "r", "score": true}', "score"),
+        (b'{"request_id": "r", "thumbs": "sideways"}', "thumbs"),
+        (b'{"request_id": "r", "score": 1, "comment": 5}', "comment"),
+        (b'{"request_id": "r", "score": 1, "rating": 5}', "rating"),
+    ],
+)
+async def test_bad_feedback_is_400_in_openai_shape(upstream: FakeUpstream, body: bytes, param: str | None) -> None:
+    async with traced_proxy(upstream) as traced, aiohttp.ClientSession() as session:
+        async with session.post(
+            traced.url + "/v1/feedback", data=body, headers={"Content-Type": "application/json"}
+        ) as r:
+            answer = await r.json()
+            assert r.status == 400 and set(answer["error"]) == {"message", "type", "param", "code"}
+            assert answer["error"]["param"] == param
+    assert not traced.spans.get_finished_spans()
