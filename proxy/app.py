@@ -22,7 +22,7 @@ from proxy.litellm_bridge import LiteLLMBridge
 from proxy.metrics import ProxyMetrics
 from proxy.pricing import PriceTable
 from proxy.prompt_watch import PromptWatcher
-from proxy.telemetry import Telemetry
+from proxy.telemetry import Telemetry, bearer_token
 from proxy.tracing import build_tracer_provider
 
 log = logging.getLogger("flywheel.proxy")
@@ -122,7 +122,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def feedback(request: web.Request) -> web.Response:
     parsed = parse_feedback(await request.read())
-    request.app[TELEMETRY].record_feedback(parsed)
+    request.app[TELEMETRY].record_feedback(parsed, bearer_token(request.headers))
     return accepted(parsed)
 
 

@@ -1,8 +1,9 @@
 """Message content on spans (``--capture-content``), in the GenAI conventions' shape.
 
-Off by default. ``redacted`` masks API keys, bearer tokens, JWTs, emails and card
-numbers; ``full`` records content as sent. In every mode the request's own credential
-is masked wherever it appears: credentials never reach a span.
+Off by default. ``full`` records content as sent, except credentials; ``redacted``
+also masks emails and card numbers. In every mode API keys, bearer tokens, JWTs, the
+request's own credential and the sidecar's configured keys are masked wherever they
+appear: credentials never reach a span.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class CaptureContent(enum.StrEnum):
     FULL = "full"
 
 
-_SECRETS = re.compile(
+_CREDENTIALS = re.compile(
     r"""
       \b(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}               # OpenAI / Stripe-style keys
     | \bsk-ant-[A-Za-z0-9_\-]{16,}                     # Anthropic
@@ -33,15 +34,20 @@ _SECRETS = re.compile(
     | \bxox[abposr]-[A-Za-z0-9\-]{10,}                 # Slack tokens
     | \beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
     | (?i:\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*         # bearer tokens
-    | \b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b   # emails
     """,
     re.VERBOSE,
 )
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ \-]?){12,18}\d\b")
 
 
+def mask_credentials(text: str) -> str:
+    return _CREDENTIALS.sub(MASK, text)
+
+
 def redact(text: str) -> str:
-    text = _SECRETS.sub(MASK, text)
+    """Credentials, emails and card numbers (Luhn-checked) masked."""
+    text = _EMAIL.sub(MASK, mask_credentials(text))
     return _CARD.sub(lambda m: MASK if _luhn(m.group()) else m.group(), text)
 
 
@@ -67,15 +73,18 @@ class ContentRecorder:
         return self.mode is not CaptureContent.NONE
 
     def clean(self, text: str, credential: str | None = None) -> str:
+        text = self._mask_secrets(text, credential)
+        return redact(text) if self.mode is CaptureContent.REDACTED else mask_credentials(text)
+
+    def clean_comment(self, text: str, credential: str | None = None) -> str:
+        """Feedback comments are recorded in every mode, redacted unless content is ``full``."""
+        text = self._mask_secrets(text, credential)
+        return mask_credentials(text) if self.mode is CaptureContent.FULL else redact(text)
+
+    def _mask_secrets(self, text: str, credential: str | None) -> str:
         for secret in (*self._secrets, *((credential,) if credential and len(credential) >= 8 else ())):
             text = text.replace(secret, MASK)
-        return redact(text) if self.mode is CaptureContent.REDACTED else text
-
-    def clean_comment(self, text: str) -> str:
-        """Feedback comments are recorded in every mode, redacted unless content is ``full``."""
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text if self.mode is CaptureContent.FULL else redact(text)
+        return text
 
     def input_messages(self, endpoint: str, body: dict[str, Any], credential: str | None) -> tuple[str, str | None]:
         """(``gen_ai.input.messages``, ``gen_ai.system_instructions`` or None) as JSON strings."""

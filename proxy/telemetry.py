@@ -102,7 +102,7 @@ class Telemetry:
         self._propagator.inject(call.headers, context=trace.set_span_in_context(span))
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight.inc()
-        return CallTrace(self, call, span, operation, started, _credential(headers))
+        return CallTrace(self, call, span, operation, started, bearer_token(headers))
 
     def remember(self, request_id: str, served: Served) -> None:
         self._served[request_id] = served
@@ -112,7 +112,7 @@ class Telemetry:
     def served(self, request_id: str) -> Served | None:
         return self._served.get(request_id)
 
-    def record_feedback(self, feedback: Feedback) -> None:
+    def record_feedback(self, feedback: Feedback, credential: str | None = None) -> None:
         """A ``gen_ai.evaluation.result`` span in the call's trace (when this proxy served it)."""
         served = self._served.get(feedback.request_id)
         attributes: dict[str, Any] = {
@@ -123,9 +123,9 @@ class Telemetry:
         if feedback.label is not None:
             attributes[sc.EVALUATION_SCORE_LABEL] = feedback.label
         if feedback.comment:
-            attributes[sc.EVALUATION_EXPLANATION] = self.content.clean_comment(feedback.comment)
+            attributes[sc.EVALUATION_EXPLANATION] = self.content.clean_comment(feedback.comment, credential)
         if feedback.correction and self.content.enabled:
-            attributes[sc.FEEDBACK_CORRECTION] = self.content.clean(feedback.correction)
+            attributes[sc.FEEDBACK_CORRECTION] = self.content.clean(feedback.correction, credential)
         parent = None
         links = []
         if served is not None:
@@ -320,7 +320,7 @@ def _upstream_attributes(upstream: Upstream) -> dict[str, Any]:
     return {sc.PROVIDER_NAME: provider, sc.SERVER_ADDRESS: host, sc.SERVER_PORT: url.port or 443}
 
 
-def _credential(headers: CIMultiDictProxy[str]) -> str | None:
+def bearer_token(headers: CIMultiDictProxy[str]) -> str | None:
     value = headers.get("Authorization", "")
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
