@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -35,7 +36,9 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 
 
 @contextlib.contextmanager
-def flywheel_proxy(upstream: str, extra: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def flywheel_proxy(
+    upstream: str, extra: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     command = [
         sys.executable,
@@ -50,7 +53,7 @@ def flywheel_proxy(upstream: str, extra: Sequence[str] = ()) -> Iterator[tuple[s
         upstream + "/v1",
         *extra,
     ]
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
     try:
         wait_listening(port)  # the proxy listens only once it is ready
         yield f"http://127.0.0.1:{port}", process
@@ -107,8 +110,9 @@ async def paced(targets: dict[str, str], rate: float, count: int, stream: bool) 
         if name != "direct":
             result[name]["added_p50_ms"] = result[name]["p50_ms"] - result["direct"]["p50_ms"]
             result[name]["added_p99_ms"] = result[name]["p99_ms"] - result["direct"]["p99_ms"]
-    result["added_p50_ms"] = result["proxy"]["added_p50_ms"]
-    result["added_p99_ms"] = result["proxy"]["added_p99_ms"]
+    if "proxy" in result:
+        result["added_p50_ms"] = result["proxy"]["added_p50_ms"]
+        result["added_p99_ms"] = result["proxy"]["added_p99_ms"]
     result["rate_per_s"] = rate
     result["requests_each"] = count
     return result
@@ -210,8 +214,6 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

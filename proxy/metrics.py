@@ -8,6 +8,8 @@ user or key.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 MAX_MODELS = 200
@@ -81,8 +83,19 @@ class ProxyMetrics:
             registry=r,
         )
         self._models: set[str] = set()
+        self._series: dict[tuple[str, str, str, str], CallSeries] = {}
+
+    def series(self, prompt: str, version: str, arm: str, model: str) -> CallSeries:
+        """The per-call instruments for one label set, bound once (``labels()`` per call
+        is a lock and a dict build each; this is one dict lookup)."""
+        key = (prompt, version, arm, model)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = CallSeries(self, key)
+        return found
 
     def model_label(self, model: str | None) -> str:
+        """``model`` as a label value, or ``other`` once ``MAX_MODELS`` values are in use."""
         if not model:
             return ""
         if model in self._models:
@@ -94,3 +107,23 @@ class ProxyMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CallSeries:
+    """The children of the per-call metrics for one (prompt, version, arm, model)."""
+
+    def __init__(self, metrics: ProxyMetrics, labels: tuple[str, str, str, str]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._requests: dict[str, Any] = {}
+        self.duration = metrics.duration.labels(*labels)
+        self.time_to_first_chunk = metrics.time_to_first_chunk.labels(*labels)
+        self.input_tokens = metrics.tokens.labels(*labels, "input")
+        self.output_tokens = metrics.tokens.labels(*labels, "output")
+        self.cost = metrics.cost.labels(*labels)
+
+    def requests(self, status_class: str) -> Any:
+        child = self._requests.get(status_class)
+        if child is None:
+            child = self._requests[status_class] = self._metrics.requests.labels(*self._labels, status_class)
+        return child

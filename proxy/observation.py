@@ -7,6 +7,7 @@ The one exception is the usage chunk flywheel asked for on the app's behalf
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,27 +144,31 @@ def _list(value: Any) -> list[Any]:
 class EventScanner:
     """Splits SSE bytes into events as they pass, for :class:`Outcome`.
 
-    With ``hide_usage`` the bytes handed back are whole events minus the usage-only
-    chunk; otherwise every chunk is handed back exactly as it came, at once.
+    Chunks go on to the app as they came. With ``hide_usage`` only whole events go
+    on (a partial event waits for its end), minus the usage-only chunk. Only events
+    that can carry what is recorded are parsed: ids from the first, then finish
+    reasons, usage and terminal events — and every event when the text is kept.
     """
 
     def __init__(self, outcome: Outcome, hide_usage: bool = False) -> None:
         self._outcome = outcome
         self._hide_usage = hide_usage
         self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer already searched for a boundary
 
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
-        kept = bytearray() if self._hide_usage else None
-        while (end := self._boundary()) is not None:
-            event = bytes(self._buffer[:end])
-            del self._buffer[:end]
-            self._scanned = 0
-            usage_only = self._read(event)
-            if kept is not None and not usage_only:
-                kept += event
-        return chunk if kept is None else bytes(kept)
+        end = max((i + len(b) for b in _BOUNDARIES if (i := self._buffer.rfind(b)) >= 0), default=0)
+        if not end:
+            return b"" if self._hide_usage else chunk
+        complete = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
+        dropped = [i for i in range(0, len(parts) - 1, 2) if self._read(parts[i])]
+        if not self._hide_usage:
+            return chunk
+        if not dropped:
+            return complete
+        return b"".join(p for i, p in enumerate(parts) if i not in dropped and i - 1 not in dropped)
 
     def close(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
@@ -173,26 +178,29 @@ class EventScanner:
             self._read(rest)
         return rest if self._hide_usage else b""
 
-    def _boundary(self) -> int | None:
-        found = [
-            (i, len(b)) for b in _BOUNDARIES if (i := self._buffer.find(b, max(0, self._scanned - len(b) + 1))) >= 0
-        ]
-        if not found:
-            self._scanned = len(self._buffer)
-            return None
-        index, size = min(found)
-        return index + size
-
     def _read(self, event: bytes) -> bool:
-        data = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
-        if not data:
+        outcome = self._outcome
+        if b"data:" not in event:
             return False
+        if not outcome.keep_text and outcome.response_id is not None and not _worth_parsing(event, outcome.endpoint):
+            return False
+        data = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
         payload = b"\n".join(data)
         if payload.strip() == b"[DONE]":
-            self._outcome.completed = True
+            outcome.completed = True
             return False
         try:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return False
-        return isinstance(parsed, dict) and self._outcome.read_event(parsed)
+        return isinstance(parsed, dict) and outcome.read_event(parsed)
+
+
+_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
+_CHUNK_MARKERS = (b"[DONE]", b'"usage":{', b'"usage": {', b'"finish_reason":"', b'"finish_reason": "')
+_RESPONSE_MARKERS = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+def _worth_parsing(event: bytes, endpoint: str) -> bool:
+    markers = _RESPONSE_MARKERS if endpoint == "responses" else _CHUNK_MARKERS
+    return any(marker in event for marker in markers)

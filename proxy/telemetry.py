@@ -170,6 +170,7 @@ class CallTrace:
         self._applied: Applied | None = None
         self._status: int | None = None
         self._error: str | None = None
+        self._attributes: dict[str, Any] = {}  # set on the span in one call, at the end
 
     def prompt_applied(self, applied: Applied | None) -> None:
         self._applied = applied
@@ -177,19 +178,15 @@ class CallTrace:
             assert self._call.outcome is not None
             self._call.outcome.keep_text = True  # the schema check reads the output
         if applied is not None:
-            self._span.set_attributes(
-                {
-                    sc.PROMPT_NAME: applied.name,
-                    sc.PROMPT_VERSION: applied.version.hash,
-                    sc.PROMPT_ARM: applied.arm.value,
-                }
-            )
+            self._attributes[sc.PROMPT_NAME] = applied.name
+            self._attributes[sc.PROMPT_VERSION] = applied.version.hash
+            self._attributes[sc.PROMPT_ARM] = applied.arm.value
 
     def routed(self, upstream: Upstream) -> None:
         call = self._call
         if call.model:
             self._span.update_name(f"{self._operation} {call.model}")
-        self._span.set_attributes(_upstream_attributes(upstream))
+        self._attributes.update(_upstream_attributes(upstream))
 
     def failed(self, status: int, error_type: str) -> None:
         """flywheel answered with its own error (bad input, upstream unreachable …)."""
@@ -201,7 +198,7 @@ class CallTrace:
         ended = time.perf_counter()
         status = self._status or outcome.status
         error = self._error or outcome.error_type or (str(status) if status is not None and status >= 400 else None)
-        attributes = self._request_attributes() | self._response_attributes(outcome)
+        attributes = self._attributes | self._request_attributes() | self._response_attributes(outcome)
         if status is not None:
             attributes[sc.HTTP_STATUS_CODE] = status
         if outcome.first_chunk_at is not None and call.stream:
@@ -291,18 +288,19 @@ class CallTrace:
         m, applied = self._t.metrics, self._applied
         model = m.model_label(outcome.response_model or self._call.model)
         labels = (applied.name, applied.version.hash, applied.arm.value) if applied else ("", "", "")
+        series = m.series(*labels, model)
         m.in_flight.dec()
         status_class = "cancelled" if error == "cancelled" else f"{(status or 500) // 100}xx"
-        m.requests.labels(*labels, model, status_class).inc()
-        m.duration.labels(*labels, model).observe(ended - self._started)
+        series.requests(status_class).inc()
+        series.duration.observe(ended - self._started)
         if outcome.first_chunk_at is not None and self._call.stream:
-            m.time_to_first_chunk.labels(*labels, model).observe(outcome.first_chunk_at - self._started)
+            series.time_to_first_chunk.observe(outcome.first_chunk_at - self._started)
         if outcome.input_tokens:
-            m.tokens.labels(*labels, model, "input").inc(outcome.input_tokens)
+            series.input_tokens.inc(outcome.input_tokens)
         if outcome.output_tokens:
-            m.tokens.labels(*labels, model, "output").inc(outcome.output_tokens)
+            series.output_tokens.inc(outcome.output_tokens)
         if cost:
-            m.cost.labels(*labels, model).inc(cost)
+            series.cost.inc(cost)
         if valid is not None:
             m.schema_results.labels(*labels, model, "valid" if valid else "invalid").inc()
         if error in UPSTREAM_FAULTS or (outcome.status or 0) >= 400:

@@ -51,3 +51,12 @@ async def flywheel_proxy(*args: str, env: Mapping[str, str] | None = None) -> As
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for servers that need one given)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -27,26 +28,37 @@ class SpansFileExporter(SpanExporter):
         self._max_bytes = max_bytes
         self._backups = backups
         self._lock = threading.Lock()
+        self._handle: BinaryIO | None = None
+        self._size = 0
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         line = encode_spans(spans)
         try:
             with self._lock:
-                if self._max_bytes and self._size() + len(line) > self._max_bytes and self._size() > 0:
+                handle = self._open()
+                if self._max_bytes and self._size and self._size + len(line) > self._max_bytes:
+                    self._close()
                     self._rotate()
-                with open(self.path, "ab") as handle:
-                    handle.write(line)  # one write per line: readers never see half a line
+                    handle = self._open()
+                handle.write(line)  # one unbuffered write per line: readers never see half a line
+                self._size += len(line)
         except OSError as exc:
             log.error("cannot write spans to %s: %s", self.path, exc.strerror)
+            self._close()
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
-    def _size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
+    def _open(self) -> BinaryIO:
+        if self._handle is None:
+            self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open across exports
+            self._size = self._handle.tell()
+        return self._handle
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
     def _rotate(self) -> None:
         for index in range(self._backups - 1, 0, -1):
@@ -59,7 +71,8 @@ class SpansFileExporter(SpanExporter):
             self.path.unlink()
 
     def shutdown(self) -> None:
-        pass
+        with self._lock:
+            self._close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

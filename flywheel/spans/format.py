@@ -1,8 +1,9 @@
 """OTLP/JSON (one ``ExportTraceServiceRequest`` per line), the Collector file-exporter format.
 
-Encoding goes through the SDK's own protobuf encoder, then protobuf's JSON mapping
-with the two differences OTLP/JSON prescribes: trace and span ids are hex, not
-base64, and enums are integers.
+Spans are encoded straight to the OTLP/JSON mapping (hex trace and span ids, integer
+enums, 64-bit integers as strings): going through the SDK's protobuf encoder and
+protobuf's JSON mapping gives the same document at ~15x the cost, and this runs for
+every span the proxy makes. A test holds the two to the same output.
 """
 
 from __future__ import annotations
@@ -13,29 +14,123 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from google.protobuf.json_format import MessageToDict
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _encode_protobuf
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# SpanFlags as the SDK's encoder sets them: "is-remote is known", and whether it is.
+_FLAGS_LOCAL = 0x100
+_FLAGS_REMOTE = 0x300
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """One OTLP/JSON line (with its newline) holding ``spans``."""
-    message = MessageToDict(_encode_protobuf(spans), use_integers_for_enums=True)
-    for resource_spans in message.get("resourceSpans", ()):
-        for scope_spans in resource_spans.get("scopeSpans", ()):
-            for span in scope_spans.get("spans", ()):
-                _hex_ids(span)
-                for link in span.get("links", ()):
-                    _hex_ids(link)
-    return orjson.dumps(message) + b"\n"
+    # Grouped by identity: hashing a Resource serializes its attributes every time.
+    grouped: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[dict[str, Any]]]]]] = {}
+    for span in spans:
+        _, by_scope = grouped.setdefault(id(span.resource), (span.resource, {}))
+        by_scope.setdefault(id(span.instrumentation_scope), (span.instrumentation_scope, []))[1].append(_span(span))
+    resource_spans = []
+    for resource, scopes in grouped.values():
+        entry: dict[str, Any] = {
+            "resource": {"attributes": _key_values(resource.attributes)} if resource.attributes else {}
+        }
+        entry["scopeSpans"] = [
+            {**({"scope": _scope(scope)} if scope is not None else {}), "spans": encoded}
+            for scope, encoded in scopes.values()
+        ]
+        if resource.schema_url:
+            entry["schemaUrl"] = resource.schema_url
+        resource_spans.append(entry)
+    return orjson.dumps({"resourceSpans": resource_spans}) + b"\n"
 
 
-def _hex_ids(record: dict[str, Any]) -> None:
-    for key in _ID_FIELDS:
-        if record.get(key):
-            record[key] = base64.b64decode(record[key]).hex()
+def _span(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    assert context is not None
+    out: dict[str, Any] = {"traceId": f"{context.trace_id:032x}", "spanId": f"{context.span_id:016x}"}
+    if context.trace_state:
+        out["traceState"] = context.trace_state.to_header()
+    if span.parent is not None:
+        out["parentSpanId"] = f"{span.parent.span_id:016x}"
+    out["flags"] = _FLAGS_REMOTE if span.parent is not None and span.parent.is_remote else _FLAGS_LOCAL
+    out["name"] = span.name
+    out["kind"] = span.kind.value + 1  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+    out["startTimeUnixNano"] = str(span.start_time or 0)
+    out["endTimeUnixNano"] = str(span.end_time or 0)
+    if span.attributes:
+        out["attributes"] = _key_values(span.attributes)
+    if span.dropped_attributes:
+        out["droppedAttributesCount"] = span.dropped_attributes
+    if span.events:
+        out["events"] = [
+            {
+                "timeUnixNano": str(e.timestamp),
+                "name": e.name,
+                **({"attributes": _key_values(e.attributes)} if e.attributes else {}),
+            }
+            for e in span.events
+        ]
+    if span.links:
+        out["links"] = [_link(link) for link in span.links]
+    status: dict[str, Any] = {}
+    if span.status.description:
+        status["message"] = span.status.description
+    if span.status.status_code.value:
+        status["code"] = span.status.status_code.value
+    out["status"] = status
+    return out
+
+
+def _link(link: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"traceId": f"{link.context.trace_id:032x}", "spanId": f"{link.context.span_id:016x}"}
+    if link.attributes:
+        out["attributes"] = _key_values(link.attributes)
+    out["flags"] = _FLAGS_REMOTE if link.context.is_remote else _FLAGS_LOCAL
+    return out
+
+
+def _scope(scope: InstrumentationScope) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": scope.name}
+    if scope.version:
+        out["version"] = scope.version
+    return out
+
+
+def _key_values(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for key, value in dict(attributes).items():  # inlined scalar cases: this runs ~15 times a span
+        kind = type(value)
+        if kind is str:
+            append({"key": key, "value": {"stringValue": value}})
+        elif kind is int:
+            append({"key": key, "value": {"intValue": str(value)}})
+        elif kind is float:
+            append({"key": key, "value": {"doubleValue": value}})
+        elif kind is bool:
+            append({"key": key, "value": {"boolValue": value}})
+        else:
+            append({"key": key, "value": _any_value(value)})
+    return out
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bool):  # before int: a bool is an int
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode()}
+    if isinstance(value, Sequence):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": _key_values(value)}}
+    return {"stringValue": str(value)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,111 @@
+"""Cost of telemetry: the same proxy with telemetry off and on, side by side in one run.
+
+Off: ``OTEL_SDK_DISABLED=true`` (the SDK hands out no-op tracers), no span store, no
+scrape. On: every call a GenAI span in ``--spans-file`` (batch export in the SDK's
+thread), streams observed for usage, and ``/metrics`` scraped every second as
+Prometheus would. Upstream: nginx from memory; load: wrk and a paced client.
+
+    python -m bench.telemetry_bench --duration 8 --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.nginx_upstream import nginx_upstream
+from bench.proxy_bench import flywheel_proxy, paced, rss_mb, wrk
+
+
+@contextlib.contextmanager
+def scraping(url: str, interval: float = 1.0) -> Iterator[list[int]]:
+    """GET /metrics every ``interval`` seconds in a thread; yields the sizes scraped."""
+    sizes: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+                sizes.append(len(r.read()))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield sizes
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        nginx_upstream() as upstream,
+        flywheel_proxy(upstream, ["--registry", f"{scratch}/none"], env={"OTEL_SDK_DISABLED": "true"}) as (off, _),
+        flywheel_proxy(upstream, ["--registry", f"{scratch}/none", "--spans-file", f"{scratch}/spans.jsonl"]) as (
+            on,
+            on_process,
+        ),
+        scraping(on) as scrapes,
+    ):
+        targets = {"direct": upstream, "off": off, "on": on}
+        for stream in (False, True):
+            kind = "stream" if stream else "json"
+            results[f"latency_{kind}"] = asyncio.run(paced(targets, 100, paced_count, stream))
+            without = wrk(off, stream, connections, duration)
+            with_telemetry = wrk(on, stream, connections, duration)
+            results[f"throughput_{kind}"] = {
+                "off": without,
+                "on": with_telemetry,
+                "on_vs_off": with_telemetry["requests_per_s"] / without["requests_per_s"],
+            }
+        results["scrapes"] = len(scrapes)
+        results["rss_mb_on"] = rss_mb(on_process.pid)
+        results["spans_file_mb"] = Path(f"{scratch}/spans.jsonl").stat().st_size / 1e6
+    return results
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lj, ls, tj, ts = r["latency_json"], r["latency_stream"], r["throughput_json"], r["throughput_stream"]
+    rows = [
+        "| measure | telemetry off | telemetry on | on vs off | target |",
+        "|---|---|---|---|---|",
+        f"| JSON throughput, 32 connections | {tj['off']['requests_per_s']:,.0f} req/s | {tj['on']['requests_per_s']:,.0f} req/s | ×{tj['on_vs_off']:.2f} | ≥ ×0.75 |",
+        f"| stream throughput, 32 connections | {ts['off']['requests_per_s']:,.0f} req/s | {ts['on']['requests_per_s']:,.0f} req/s | ×{ts['on_vs_off']:.2f} | ≥ ×0.75 |",
+        f"| JSON latency p50 @ 100 req/s | {lj['off']['p50_ms']:.2f} ms | {lj['on']['p50_ms']:.2f} ms | +{lj['on']['p50_ms'] - lj['off']['p50_ms']:.2f} ms | |",
+        f"| stream time to first chunk p50 @ 100 req/s | {ls['off']['p50_ms']:.2f} ms | {ls['on']['p50_ms']:.2f} ms | +{ls['on']['p50_ms'] - ls['off']['p50_ms']:.2f} ms | |",
+        f"| errors (socket / non-2xx) | {tj['off']['socket_errors'] + ts['off']['socket_errors']} / {tj['off']['non_2xx'] + ts['off']['non_2xx']} | {tj['on']['socket_errors'] + ts['on']['socket_errors']} / {tj['on']['non_2xx'] + ts['on']['non_2xx']} | | 0 |",
+    ]
+    notes = (
+        f"\n\nTelemetry on: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB of spans written, "
+        f"RSS {r['rss_mb_on']:.0f} MB at the end.\n"
+    )
+    return "\n".join(rows) + notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
+    parser.add_argument("--paced", type=int, default=1000, help="paced request rounds per latency run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    results = run(args.duration, args.paced, args.connections)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "telemetry.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "telemetry.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
