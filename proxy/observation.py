@@ -162,6 +162,9 @@ class EventScanner:
             return b"" if self._hide_usage else chunk
         complete = bytes(self._buffer[:end])
         del self._buffer[:end]
+        outcome = self._outcome
+        if not outcome.keep_text and outcome.response_id is not None and not _markers(outcome.endpoint).search(complete):
+            return chunk if not self._hide_usage else complete  # nothing in these events to read or hide
         parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
         dropped = [i for i in range(0, len(parts) - 1, 2) if self._read(parts[i])]
         if not self._hide_usage:
@@ -182,7 +185,7 @@ class EventScanner:
         outcome = self._outcome
         if b"data:" not in event:
             return False
-        if not outcome.keep_text and outcome.response_id is not None and not _worth_parsing(event, outcome.endpoint):
+        if not outcome.keep_text and outcome.response_id is not None and not _markers(outcome.endpoint).search(event):
             return False
         data = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
         payload = b"\n".join(data)
@@ -197,10 +200,10 @@ class EventScanner:
 
 
 _SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
-_CHUNK_MARKERS = (b"[DONE]", b'"usage":{', b'"usage": {', b'"finish_reason":"', b'"finish_reason": "')
-_RESPONSE_MARKERS = (b"response.completed", b"response.incomplete", b"response.failed")
+# What an event must contain to be worth parsing once the ids are known (one C-level scan).
+_CHUNK_MARKERS = re.compile(rb'\[DONE\]|"usage": ?\{|"finish_reason": ?"')
+_RESPONSE_MARKERS = re.compile(rb"response\.(?:completed|incomplete|failed)")
 
 
-def _worth_parsing(event: bytes, endpoint: str) -> bool:
-    markers = _RESPONSE_MARKERS if endpoint == "responses" else _CHUNK_MARKERS
-    return any(marker in event for marker in markers)
+def _markers(endpoint: str) -> re.Pattern[bytes]:
+    return _RESPONSE_MARKERS if endpoint == "responses" else _CHUNK_MARKERS

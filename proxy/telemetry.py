@@ -85,13 +85,14 @@ class Telemetry:
         self._served: OrderedDict[str, Served] = OrderedDict()
         self._remember = remember
         self._validators: dict[str, Any] = {}
+        self._upstreams: dict[int, dict[str, Any]] = {}  # upstreams live as long as the config
 
     def begin(self, call: Call, headers: CIMultiDictProxy[str], started: float) -> CallTrace | None:
         """Open the call's span (GenAI endpoints only) and pass its context upstream."""
         operation = OPERATIONS.get(call.endpoint)
         if operation is None or call.body is None:
             return None
-        parent = self._propagator.extract(headers)
+        parent = self._propagator.extract(headers) if "traceparent" in headers else None
         span = self._tracer.start_span(
             f"{operation} {call.model or ''}".rstrip(),
             context=parent,
@@ -103,6 +104,13 @@ class Telemetry:
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight.inc()
         return CallTrace(self, call, span, operation, started, bearer_token(headers))
+
+    def upstream_attributes(self, upstream: Upstream) -> dict[str, Any]:
+        """Provider and server attributes, worked out once per configured upstream."""
+        found = self._upstreams.get(id(upstream))
+        if found is None:
+            found = self._upstreams[id(upstream)] = _upstream_attributes(upstream)
+        return found
 
     def remember(self, request_id: str, served: Served) -> None:
         self._served[request_id] = served
@@ -186,7 +194,7 @@ class CallTrace:
         call = self._call
         if call.model:
             self._span.update_name(f"{self._operation} {call.model}")
-        self._attributes.update(_upstream_attributes(upstream))
+        self._attributes.update(self._t.upstream_attributes(upstream))
 
     def failed(self, status: int, error_type: str) -> None:
         """flywheel answered with its own error (bad input, upstream unreachable …)."""
