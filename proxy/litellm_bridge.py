@@ -121,8 +121,11 @@ async def _stream(
             async for chunk in chunks:
                 event = chunk.model_dump(exclude_none=True)
                 if outcome is not None:
-                    if outcome.read_event(event) and outcome.hide_usage:
-                        continue
+                    usage_only = outcome.read_event(event)
+                    if outcome.hide_usage:  # asked for on the app's behalf: not shown to it
+                        if usage_only:
+                            continue
+                        event.pop("usage", None)
                     if outcome.first_chunk_at is None:
                         outcome.first_chunk_at = time.perf_counter()
                 await response.write(b"data: " + orjson.dumps(event) + b"\n\n")

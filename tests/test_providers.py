@@ -12,6 +12,8 @@ from pathlib import Path
 
 import openai
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from proxy.config import ProxyConfig
 from proxy.errors import ModelNotFound
@@ -19,6 +21,7 @@ from proxy.server import RunningProxy, running
 from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstreams, load_upstreams
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream, Reply
+from tests.spans import SpanCollector
 
 MESSAGES = [{"role": "user", "content": "hello claude"}]
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +65,18 @@ def test_model_list_file(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def model_list_proxy(upstream: FakeUpstream) -> AsyncIterator[RunningProxy]:
+async def model_list_proxy(upstream: FakeUpstream, spans: SpanCollector | None = None) -> AsyncIterator[RunningProxy]:
     upstreams = Upstreams(
         by_model={
             "claude": LiteLLMUpstream("anthropic/claude-x", {"api_key": "sk-ant-test", "api_base": upstream.url}),
             "renamed": OpenAIUpstream(upstream.url + "/v1", "sk-openai-entry", "gpt-real-name"),
         }
     )
-    async with running(ProxyConfig(upstreams=upstreams, port=0)) as proxy:
+    provider = None
+    if spans is not None:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+    async with running(ProxyConfig(upstreams=upstreams, port=0), provider) as proxy:
         yield proxy
 
 
@@ -93,13 +100,29 @@ async def test_openai_entries_route_and_rename_the_model(upstream: FakeUpstream)
 
 @pytest.mark.litellm
 async def test_anthropic_through_litellm(upstream: FakeUpstream) -> None:
-    async with model_list_proxy(upstream) as proxy, _client(proxy) as client:
+    spans = SpanCollector()
+    async with model_list_proxy(upstream, spans) as proxy, _client(proxy) as client:
         answer = await client.chat.completions.create(model="claude", messages=MESSAGES, max_tokens=50)
         sent = upstream.seen[-1]
         stream = await client.chat.completions.create(
             model="claude", messages=MESSAGES, max_tokens=50, stream=True, stream_options={"include_usage": True}
         )
         chunks = [chunk async for chunk in stream]
+        quiet = await client.chat.completions.create(model="claude", messages=MESSAGES, max_tokens=50, stream=True)
+        quiet_chunks = [chunk async for chunk in quiet]
+        json_span, stream_span, quiet_span = await spans.wait_for(3, "chat")
+    assert json_span.name == "chat claude" and json_span.attributes["gen_ai.provider.name"] == "anthropic"
+    assert (json_span.attributes["gen_ai.usage.input_tokens"], json_span.attributes["gen_ai.usage.output_tokens"]) == (
+        9,
+        4,
+    )
+    assert json_span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert (
+        stream_span.attributes["gen_ai.usage.output_tokens"] == 4
+        and stream_span.attributes["flywheel.time_to_first_chunk"] > 0
+    )
+    assert quiet_span.attributes["gen_ai.usage.output_tokens"] == 4  # asked for on the app's behalf …
+    assert all(chunk.usage is None for chunk in quiet_chunks)  # … and not shown to it
     assert sent.path == "/v1/messages" and sent.headers["x-api-key"] == "sk-ant-test"
     assert sent.json()["messages"][0]["role"] == "user"
     assert answer.object == "chat.completion"

@@ -257,3 +257,12 @@ async def test_bad_feedback_is_400_in_openai_shape(upstream: FakeUpstream, body:
             assert r.status == 400 and set(answer["error"]) == {"message", "type", "param", "code"}
             assert answer["error"]["param"] == param
     assert not traced.spans.get_finished_spans()
+
+
+def test_model_label_is_bounded() -> None:
+    from proxy.metrics import MAX_MODELS, OTHER, ProxyMetrics
+
+    metrics = ProxyMetrics()
+    labels = {metrics.model_label(f"model-{i}") for i in range(MAX_MODELS + 50)}
+    assert len(labels) == MAX_MODELS + 1 and OTHER in labels
+    assert metrics.model_label("model-3") == "model-3" and metrics.model_label(None) == ""
