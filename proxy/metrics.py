@@ -67,7 +67,10 @@ class ProxyMetrics:
             "Spans dropped because the export queue was full or export failed.",
             registry=r,
         )
-        self.in_flight = Gauge("flywheel_in_flight_requests", "Calls being proxied right now.", registry=r)
+        self.in_flight = 0  # a plain int on the request path; read by the gauge at scrape time
+        Gauge("flywheel_in_flight_requests", "Calls being proxied right now.", registry=r).set_function(
+            lambda: self.in_flight
+        )
         self.registry_reloads = Counter(
             "flywheel_registry_reloads_total",
             "Registry reloads by result (ok, or error when a file could not be read and the last good state was kept).",

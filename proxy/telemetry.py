@@ -102,7 +102,7 @@ class Telemetry:
         )
         self._propagator.inject(call.headers, context=trace.set_span_in_context(span))
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         return CallTrace(self, call, span, operation, started, bearer_token(headers))
 
     def upstream_attributes(self, upstream: Upstream) -> dict[str, Any]:
@@ -297,7 +297,7 @@ class CallTrace:
         model = m.model_label(outcome.response_model or self._call.model)
         labels = (applied.name, applied.version.hash, applied.arm.value) if applied else ("", "", "")
         series = m.series(*labels, model)
-        m.in_flight.dec()
+        m.in_flight -= 1
         status_class = "cancelled" if error == "cancelled" else f"{(status or 500) // 100}xx"
         series.requests(status_class).inc()
         series.duration.observe(ended - self._started)

@@ -266,3 +266,24 @@ def test_model_label_is_bounded() -> None:
     labels = {metrics.model_label(f"model-{i}") for i in range(MAX_MODELS + 50)}
     assert len(labels) == MAX_MODELS + 1 and OTHER in labels
     assert metrics.model_label("model-3") == "model-3" and metrics.model_label(None) == ""
+
+
+async def test_in_flight_gauge_counts_calls_being_proxied(upstream: FakeUpstream) -> None:
+    import asyncio
+
+    gate = asyncio.Event()
+    upstream.script(CHAT, Reply(before=[gate], body=[b'{"id": "x", "choices": []}']))
+
+    async def in_flight(session: aiohttp.ClientSession, url: str) -> float:
+        async with session.get(url + "/metrics") as r:
+            line = next(x for x in (await r.text()).splitlines() if x.startswith("flywheel_in_flight_requests "))
+        return float(line.split()[1])
+
+    async with traced_proxy(upstream) as traced, aiohttp.ClientSession() as session:
+        call = asyncio.create_task(session.post(traced.url + CHAT, json={"model": "m", "messages": MESSAGES}))
+        await upstream.next_request()
+        assert await in_flight(session, traced.url) == 1
+        gate.set()
+        (await call).release()
+        await traced.spans.one("chat")
+        assert await in_flight(session, traced.url) == 0
