@@ -163,7 +163,11 @@ class EventScanner:
         complete = bytes(self._buffer[:end])
         del self._buffer[:end]
         outcome = self._outcome
-        if not outcome.keep_text and outcome.response_id is not None and not _markers(outcome.endpoint).search(complete):
+        if (
+            not outcome.keep_text
+            and outcome.response_id is not None
+            and not _markers(outcome.endpoint).search(complete)
+        ):
             return chunk if not self._hide_usage else complete  # nothing in these events to read or hide
         parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
         dropped = [i for i in range(0, len(parts) - 1, 2) if self._read(parts[i])]
