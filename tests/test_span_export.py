@@ -22,7 +22,7 @@ from flywheel.spans import SpansFileExporter, open_span_source
 from proxy.server import running
 from proxy.tracing import CountingBatchProcessor, Export
 from tests.conftest import API_KEY, config_for
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Reply
 from tests.processes import flywheel_proxy
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -205,12 +205,44 @@ async def test_otlp_export_to_a_real_receiver(upstream: FakeUpstream, protocol: 
             "OTEL_SERVICE_NAME": "checkout-sidecar",
             "OTEL_BSP_SCHEDULE_DELAY": "50",
         }
+        error = b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}'
+        upstream.script("/v1/embeddings", Reply(status=429, body=[error]))
         async with flywheel_proxy("--upstream", upstream.url + "/v1", env=env) as proxy:
             async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
-                await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-            await asyncio.wait_for(received.arrived.wait(), 20)
-    name, attributes, resource = received.spans()[0]
-    assert name == "chat gpt-4o-mini" and resource["service.name"] == "checkout-sidecar"
-    assert attributes["gen_ai.usage.output_tokens"] == 5 and attributes["gen_ai.response.finish_reasons"] == ["stop"]
+                await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, temperature=0.5)
+                stream = await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+                _ = [chunk async for chunk in stream]
+                with pytest.raises(openai.RateLimitError):
+                    await c.embeddings.create(model="text-embedding-3-small", input="x")
+                await c.embeddings.create(model="text-embedding-3-small", input="x")
+            while len(received.spans()) < 4:
+                received.arrived.clear()
+                await asyncio.wait_for(received.arrived.wait(), 20)
+    spans = {
+        (name, a.get("gen_ai.request.stream"), a.get("error.type")): (a, resource)
+        for name, a, resource in received.spans()
+    }
+    chat, resource = spans[("chat gpt-4o-mini", False, None)]
+    assert resource["service.name"] == "checkout-sidecar"
+    assert {k: chat[k] for k in chat if k not in ("flywheel.request_id", "server.port", "flywheel.cost.usd")} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.stream": False,
+        "gen_ai.provider.name": "openai",
+        "server.address": "127.0.0.1",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.request.temperature": 0.5,
+        "gen_ai.response.model": "gpt-4o-mini",
+        "gen_ai.response.id": "chatcmpl-fake",
+        "gen_ai.response.finish_reasons": ["stop"],
+        "gen_ai.usage.input_tokens": 7,
+        "gen_ai.usage.output_tokens": 5,
+        "http.response.status_code": 200,
+    }
+    streamed, _ = spans[("chat gpt-4o-mini", True, None)]
+    assert streamed["gen_ai.usage.output_tokens"] == 2 and streamed["flywheel.time_to_first_chunk"] > 0
+    failed, _ = spans[("embeddings text-embedding-3-small", False, "429")]
+    assert failed["http.response.status_code"] == 429 and failed["gen_ai.operation.name"] == "embeddings"
+    embedded, _ = spans[("embeddings text-embedding-3-small", False, None)]
+    assert embedded["gen_ai.usage.input_tokens"] == 3
     assert received.headers[0].get("x-tenant") == "acme"
     assert API_KEY not in str(received.requests) and API_KEY not in str(received.headers)
