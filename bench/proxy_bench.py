@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,20 +242,24 @@ def markdown(r: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+Run = Callable[[float, int, int], dict[str, Any]]
+
+
+def bench_main(doc: str | None, name: str, run_bench: Run, render: Callable[[dict[str, Any]], str]) -> None:
+    """The command line both benchmarks share: run, write ``NAME.json`` and ``NAME.md``, print."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
-    parser.add_argument("--paced", type=int, default=1000, help="paced request pairs per latency run")
+    parser.add_argument("--paced", type=int, default=1000, help="paced request rounds per latency run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    results = run(args.duration, args.paced, args.connections)
+    results = run_bench(args.duration, args.paced, args.connections)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "proxy.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (args.out / "proxy.md").write_text(table)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = render(results)
+    (args.out / f"{name}.md").write_text(table)
     print(table)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, "proxy", run, markdown)

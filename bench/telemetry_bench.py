@@ -10,10 +10,8 @@ Prometheus would. Upstream: nginx from memory; load: wrk and a paced client.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import tempfile
 import threading
 import urllib.request
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.nginx_upstream import nginx_upstream
-from bench.proxy_bench import flywheel_proxy, paced, rss_mb, wrk
+from bench.proxy_bench import bench_main, flywheel_proxy, paced, rss_mb, wrk
 
 
 @contextlib.contextmanager
@@ -101,20 +99,5 @@ def _errors(r: dict[str, Any], side: str) -> str:
     return f"{sum(x['socket_errors'] for x in runs)} / {sum(x['non_2xx'] for x in runs)}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
-    parser.add_argument("--paced", type=int, default=1000, help="paced request rounds per latency run")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args()
-    results = run(args.duration, args.paced, args.connections)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "telemetry.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (args.out / "telemetry.md").write_text(table)
-    print(table)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, "telemetry", run, markdown)

@@ -18,27 +18,28 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from flywheel.spans import decode_line, encode_spans
 
+ATTRIBUTES = {
+    "s": "text ü",
+    "i": 7,
+    "big": 2**62,
+    "f": 0.25,
+    "b": True,
+    "list_s": ["stop", "length"],
+    "list_i": [1, 2],
+    "list_b": [True, False],
+}
+
 
 def _spans() -> list[Any]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "svc", "deployment.environment": "test"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("flywheel.proxy", "1.2.3")
-    attributes = {
-        "s": "text ü",
-        "i": 7,
-        "big": 2**62,
-        "f": 0.25,
-        "b": True,
-        "list_s": ["stop", "length"],
-        "list_i": [1, 2],
-        "list_b": [True, False],
-    }
     with tracer.start_as_current_span("parent", kind=SpanKind.SERVER) as parent:
         child = tracer.start_span(
             "chat gpt",
             kind=SpanKind.CLIENT,
-            attributes=attributes,
+            attributes=ATTRIBUTES,
             links=[Link(parent.get_span_context(), {"why": "x"})],
         )
         child.add_event("first chunk", {"n": 1})
@@ -74,16 +75,7 @@ def test_decoded_spans_keep_every_field() -> None:
     records = list(decode_line(encode_spans(spans)))
     assert [r.name for r in records] == ["chat gpt", "parent", "evaluation"]
     chat, parent, evaluation = records
-    assert dict(chat.attributes) == {
-        "s": "text ü",
-        "i": 7,
-        "big": 2**62,
-        "f": 0.25,
-        "b": True,
-        "list_s": ["stop", "length"],
-        "list_i": [1, 2],
-        "list_b": [True, False],
-    }
+    assert dict(chat.attributes) == ATTRIBUTES
     assert chat.parent_span_id == parent.span_id and chat.trace_id == parent.trace_id and chat.kind == 3
     assert chat.status_code == 2 and chat.links == ((parent.trace_id, parent.span_id),)
     assert evaluation.parent_span_id == f"{0xDEF:016x}" and evaluation.trace_id == f"{0xABC:032x}"
