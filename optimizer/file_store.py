@@ -1,25 +1,30 @@
 """Mining straight from OTLP-JSON span files, streamed: never the whole file in memory.
 
-One pass gathers the counts, the failing calls and the adverse feedback; a second pass
-fetches only the calls that feedback points at and the first pass did not keep.
+One pass gathers the counts, the failing calls and the adverse feedback. Feedback
+usually follows its call within minutes, so the last ``window`` calls of the prompt
+are kept and feedback is joined to them as it is read; only feedback on calls older
+than that costs a second pass.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import gc
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 
 from flywheel.spans import SpanSource
-from optimizer.records import CallRecord, FeedbackRecord, from_span
+from optimizer.records import CallRecord, FeedbackRecord, from_attributes
 
 
 class FileSpanStore:
-    def __init__(self, source: SpanSource) -> None:
+    def __init__(self, source: SpanSource, window: int = 100_000) -> None:
         self._source = source
+        self._window = window
         self._scanned_for: str | None = None
         self._counts: Counter[str] = Counter()
         self._failing: list[CallRecord] = []
         self._feedback: list[FeedbackRecord] = []
+        self._joined: dict[str, CallRecord] = {}  # calls adverse feedback pointed at, found in the window
 
     def call_counts(self, prompt: str) -> Mapping[str, int]:
         self._scan(prompt)
@@ -35,9 +40,13 @@ class FileSpanStore:
         return list(self._feedback)
 
     def calls(self, request_ids: set[str]) -> Iterable[CallRecord]:
-        for record in self._records():
-            if isinstance(record, CallRecord) and record.request_id in request_ids:
-                yield record
+        found = [self._joined[i] for i in request_ids if i in self._joined]
+        yield from found
+        rest = request_ids - {c.request_id for c in found}
+        if rest:  # feedback on calls that had left the window: one more pass
+            for record in self._records():
+                if isinstance(record, CallRecord) and record.request_id in rest:
+                    yield record
 
     def _scan(self, prompt: str) -> None:
         if self._scanned_for == prompt:
@@ -45,18 +54,34 @@ class FileSpanStore:
         self._counts.clear()
         self._failing.clear()
         self._feedback.clear()
+        self._joined.clear()
+        recent: OrderedDict[str, CallRecord] = OrderedDict()
         for record in self._records():
             if isinstance(record, FeedbackRecord):
                 if record.negative or record.correction:
                     self._feedback.append(record)
+                    call = recent.get(record.request_id)
+                    if call is not None:
+                        self._joined[record.request_id] = call
             elif record.prompt == prompt:
                 self._counts[record.version] += 1
                 if record.schema_valid is False or (record.error_type is not None and record.error_type != "cancelled"):
                     self._failing.append(record)
+                recent[record.request_id] = record
+                if len(recent) > self._window:
+                    recent.popitem(last=False)
         self._scanned_for = prompt
 
     def _records(self) -> Iterator[CallRecord | FeedbackRecord]:
-        for span in self._source.spans():
-            record = from_span(span)
-            if record is not None:
-                yield record
+        # Decoding makes millions of dicts and strings and no reference cycles; the cyclic
+        # GC would rescan the growing set of kept records again and again for nothing.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for name, attributes, start_ns in self._source.attribute_rows():
+                record = from_attributes(name, attributes, start_ns)
+                if record is not None:
+                    yield record
+        finally:
+            if enabled:
+                gc.enable()

@@ -108,7 +108,7 @@ def mine(store: SpanStore, prompt: str, version: str | None = None, sample_size:
         stats.by_kind.update(failure.kinds)
     failures.sort(key=lambda f: (f.call.time_ns, f.call.request_id))
     sample, groups = _diverse_sample(failures, sample_size)
-    captured = any(f.call.input_messages is not None for f in failures) if failures else False
+    captured = any(f.call.input_json is not None for f in failures)
     return Mined(prompt, versions, sample, groups, captured)
 
 

@@ -27,9 +27,18 @@ class CallRecord:
     model: str
     error_type: str | None
     schema_valid: bool | None
-    input_messages: tuple[Any, ...] | None  # None: content was not captured
-    output_text: str | None
+    input_json: str | None  # gen_ai.input.messages as recorded; None: content was not captured
+    output_json: str | None
     time_ns: int = 0
+
+    # Parsed on demand: mining reads a million calls and looks at the content of a few.
+    @property
+    def input_messages(self) -> tuple[Any, ...] | None:
+        return _messages(self.input_json)
+
+    @property
+    def output_text(self) -> str | None:
+        return _output_text(self.output_json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +86,8 @@ def from_attributes(name: str, attributes: Mapping[str, Any], time_ns: int = 0) 
         model=str(attributes.get("gen_ai.response.model") or attributes.get("gen_ai.request.model") or ""),
         error_type=_text(attributes.get("error.type")),
         schema_valid=None if valid is None or valid == "" else valid in _TRUE,
-        input_messages=_messages(attributes.get("gen_ai.input.messages")),
-        output_text=_output_text(attributes.get("gen_ai.output.messages")),
+        input_json=_text(attributes.get("gen_ai.input.messages")),
+        output_json=_text(attributes.get("gen_ai.output.messages")),
         time_ns=time_ns,
     )
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from flywheel.spans.format import SpanRecord, decode_line
+from flywheel.spans.format import SpanRecord, decode_line, decode_line_attributes
+
+T = TypeVar("T")
 
 log = logging.getLogger("flywheel.spans")
 
@@ -23,6 +26,15 @@ class SpanSource:
     bad_lines: int = 0
 
     def spans(self) -> Iterator[SpanRecord]:
+        for decoded in self._lines(decode_line):
+            yield from decoded
+
+    def attribute_rows(self) -> Iterator[tuple[str, dict[str, Any], int]]:
+        """(name, attributes, start ns) per span: what mining needs, at less cost per span."""
+        for decoded in self._lines(decode_line_attributes):
+            yield from decoded
+
+    def _lines(self, decode: Callable[[bytes], Iterator[T]]) -> Iterator[list[T]]:
         for path in self.files:
             try:
                 handle = open(path, "rb")  # noqa: SIM115 - closed below
@@ -33,7 +45,7 @@ class SpanSource:
                     if not line.strip():
                         continue
                     try:
-                        yield from decode_line(line)
+                        yield list(decode(line))  # whole line or nothing: a bad line is skipped entirely
                     except ValueError as exc:
                         self.bad_lines += 1
                         log.warning("%s:%d skipped: %s", path, number, exc)
