@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import flywheel.registry.cli
+import optimizer.cli
 import proxy.config
 import proxy.server
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.config.add_arguments(proxy_parser)
     proxy_parser.set_defaults(run=proxy.server.command)
     flywheel.registry.cli.add_commands(commands)
+    optimizer.cli.add_command(commands)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""Model calls for the optimizer: litellm (any provider), loaded on first use, behind a
+call budget (``--max-calls``), a concurrency limit, and backoff on 429."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class BudgetExhausted(RuntimeError):
+    pass
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    api_base: str | None = None
+    api_key: str | None = None
+
+    def litellm_name(self) -> str:
+        # An OpenAI-compatible endpoint (--api-base) serves bare model names.
+        return f"openai/{self.name}" if self.api_base and "/" not in self.name else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class LLM:
+    def __init__(self, max_calls: int, concurrency: int = 4, retries: int = 5, backoff: float = 0.5) -> None:
+        self.max_calls = max_calls
+        self.calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self._limit = asyncio.Semaphore(concurrency)
+        self._retries = retries
+        self._backoff = backoff
+        self._litellm: Any = None
+
+    @property
+    def remaining(self) -> int:
+        return self.max_calls - self.calls
+
+    async def complete(
+        self, model: Model, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any] | None = None
+    ) -> Completion:
+        litellm = await self._module()
+        kwargs: dict[str, Any] = {**(params or {}), "model": model.litellm_name(), "messages": list(messages)}
+        if model.api_base:
+            kwargs["api_base"] = model.api_base
+        if model.api_key:
+            kwargs["api_key"] = model.api_key
+        async with self._limit:
+            for attempt in range(self._retries + 1):
+                if self.calls >= self.max_calls:
+                    raise BudgetExhausted(f"--max-calls {self.max_calls} reached")
+                self.calls += 1
+                try:
+                    result = await litellm.acompletion(**kwargs)
+                except litellm.RateLimitError:
+                    if attempt == self._retries:
+                        raise ModelError(f"{model.name}: still rate limited after {self._retries} retries") from None
+                    await asyncio.sleep(self._backoff * 2**attempt)
+                    continue
+                except Exception as exc:  # litellm's exception tree, translated once here
+                    raise ModelError(f"{model.name}: {type(exc).__name__}: {exc}") from exc
+                usage = getattr(result, "usage", None)
+                inputs = getattr(usage, "prompt_tokens", 0) or 0
+                outputs = getattr(usage, "completion_tokens", 0) or 0
+                self.input_tokens += inputs
+                self.output_tokens += outputs
+                return Completion(result.choices[0].message.content or "", inputs, outputs)
+        raise AssertionError("unreachable")
+
+    async def _module(self) -> Any:
+        if self._litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network for the price map
+            self._litellm = await asyncio.to_thread(importlib.import_module, "litellm")
+            self._litellm.suppress_debug_info = True
+            self._litellm.telemetry = False
+        return self._litellm
