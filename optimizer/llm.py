@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,5 +89,7 @@ class LLM:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network for the price map
             self._litellm = await asyncio.to_thread(importlib.import_module, "litellm")
             self._litellm.suppress_debug_info = True
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
+                logging.getLogger(name).setLevel(logging.WARNING)  # a line per call otherwise
             self._litellm.telemetry = False
         return self._litellm

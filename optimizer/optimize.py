@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ async def optimize(config: OptimizeConfig, registry: Registry) -> tuple[Outcome,
             "groups": mined.groups,
             "replayable": len(replayable),
             "content_captured": mined.content_captured,
-            "by_kind": {k: n for v in mined.versions.values() for k, n in v.by_kind.items()},
+            "by_kind": {str(k): n for k, n in sum((v.by_kind for v in mined.versions.values()), Counter()).items()},
         },
         "candidates": [],
         "max_calls": config.max_calls,

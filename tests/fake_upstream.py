@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,8 @@ class FakeUpstream:
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # A simulated model for tests that need behaviour, not canned text: request body → answer.
+        self.model: Callable[[Mapping[str, Any]], str] | None = None
 
     def script(self, path: str, *replies: Reply) -> None:
         """Answer the next requests to ``path`` (e.g. "/v1/chat/completions") with these."""
@@ -109,11 +111,19 @@ class FakeUpstream:
         self._arrivals.put_nowait(seen)
         try:
             queue = self._scripts.get(request.path)
-            reply = queue.popleft() if queue else canned(seen)
+            reply = queue.popleft() if queue else (self._simulated(seen) or canned(seen))
             return await self._play(request, reply)
         except (asyncio.CancelledError, ConnectionResetError):
             seen.closed.set()
             raise
+
+    def _simulated(self, seen: Seen) -> Reply | None:
+        if self.model is None or not seen.path.endswith("/chat/completions") or seen.method != "POST":
+            return None
+        body = seen.json()
+        answer = chat_completion(body)
+        answer["choices"][0]["message"]["content"] = self.model(body)
+        return _json(answer)
 
     async def _play(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         for step in reply.before:
