@@ -58,6 +58,7 @@ class LLM:
     ) -> Completion:
         litellm = await self._module()
         kwargs: dict[str, Any] = {**(params or {}), "model": model.litellm_name(), "messages": list(messages)}
+        kwargs["max_retries"] = 0  # retries are ours, so that every HTTP call counts against --max-calls
         if model.api_base:
             kwargs["api_base"] = model.api_base
         if model.api_key:

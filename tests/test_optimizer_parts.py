@@ -1,0 +1,100 @@
+"""The optimizer's parts on their own: expectations, the exact test, candidate parsing,
+and model calls (budget, 429 backoff) against the fake provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optimizer.candidates import Candidate, Rejected, parse_candidate
+from optimizer.gate import binomial_tail
+from optimizer.golden import Expectation, GoldenError, load_golden
+from optimizer.llm import LLM, BudgetExhausted, Model
+from tests.fake_upstream import FakeUpstream, Reply
+
+CHAT = "/v1/chat/completions"
+
+
+def test_exact_mcnemar_tail() -> None:
+    assert binomial_tail(0, 0) == 1.0
+    assert binomial_tail(5, 5) == pytest.approx(1 / 32)
+    assert binomial_tail(4, 5) == pytest.approx(6 / 32)
+    assert binomial_tail(8, 10) == pytest.approx(56 / 1024)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "answer", "passed"),
+    [
+        ("exact", "Paris", " Paris\n", True),
+        ("exact", "Paris", "paris", False),
+        ("contains", "refund", "We will REFUND you.", True),
+        ("regex", r"^\d{4}-\d{2}$", "2026-11", True),
+        ("regex", r"^\d{4}-\d{2}$", "Nov 2026", False),
+        ("schema", {"type": "object", "required": ["a"]}, '{"a": 1}', True),
+        ("schema", {"type": "object", "required": ["a"]}, "a: 1", False),
+        ("ok", True, "anything", True),
+    ],
+)
+async def test_expectations(kind: str, value: object, answer: str, passed: bool) -> None:
+    assert await Expectation(kind, value).check(answer, [], None) is passed
+    assert await Expectation(kind, value).check(None, [], None) is False  # an error never passes
+
+
+async def test_judge_expectation_asks_the_judge() -> None:
+    asked = []
+
+    async def judge(rubric: str, messages: list[dict[str, object]], answer: str) -> bool:
+        asked.append((rubric, answer))
+        return answer == "good"
+
+    assert await Expectation("judge", "be good").check("good", [], judge)
+    assert not await Expectation("judge", "be good").check("bad", [], judge)
+    assert asked == [("be good", "good"), ("be good", "bad")]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "not JSON"),
+        ('{"expect": {"regex": "("}}', "bad regex"),
+        ('{"expect": {"schema": {"type": 5}}}', "bad schema"),
+        ('{"messages": "hi", "expect": {"ok": true}}', "`messages` must be a list"),
+        ('{"expect": {"contains": "a", "exact": "b"}}', "`expect` must be one of"),
+    ],
+)
+def test_bad_golden_lines(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "golden.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(GoldenError, match=message):
+        load_golden(path)
+
+
+def test_candidates_must_keep_the_variables() -> None:
+    parent = "Help {{customer}} with {{product}}."
+    assert isinstance(
+        parse_candidate('{"rationale": "r", "prompt": "Kindly help {{customer}} with {{product}}."}', parent, 1),
+        Candidate,
+    )
+    dropped = parse_candidate('{"prompt": "Help {{customer}}."}', parent, 1)
+    added = parse_candidate('{"prompt": "Help {{customer}} with {{product}} in {{language}}."}', parent, 1)
+    assert isinstance(dropped, Rejected) and "missing ['product']" in dropped.reason
+    assert isinstance(added, Rejected) and "added ['language']" in added.reason
+    assert isinstance(parse_candidate("Sure! Here is a prompt", parent, 1), Rejected)
+    assert isinstance(
+        parse_candidate('```json\n{"prompt": "Help {{customer}} with {{product}}!"}\n```', parent, 1), Candidate
+    )
+    assert isinstance(parse_candidate(f'{{"prompt": "{parent}"}}', parent, 1), Rejected)
+
+
+async def test_model_calls_back_off_on_429_and_stop_at_the_budget(upstream: FakeUpstream) -> None:
+    limited = b'{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}'
+    upstream.script(CHAT, Reply(status=429, body=[limited]), Reply(status=429, body=[limited]))
+    llm = LLM(max_calls=4, backoff=0.01)
+    model = Model("task", upstream.url + "/v1", "sk-test")
+    answer = await llm.complete(model, [{"role": "user", "content": "hi"}])
+    assert answer.text == "echo: hi" and llm.calls == 3 and (llm.input_tokens, llm.output_tokens) == (7, 5)
+    await llm.complete(model, [{"role": "user", "content": "again"}])
+    with pytest.raises(BudgetExhausted):
+        await llm.complete(model, [{"role": "user", "content": "one too many"}])
+    assert len([s for s in upstream.seen if s.path == CHAT]) == 4
