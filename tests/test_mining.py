@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import orjson
 import pytest
@@ -20,11 +19,8 @@ from flywheel.spans import SpanRecord, open_span_source
 from optimizer.clickhouse_store import ClickHouseSpanStore, _array
 from optimizer.file_store import FileSpanStore
 from optimizer.mining import FailureKind, Mined, mine
-from proxy.content import CaptureContent
-from proxy.server import running
-from proxy.tracing import Export
-from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream, Reply
+from tests.traffic import ask, give_feedback, recording
 
 CHAT = "/v1/chat/completions"
 TABLE_SQL = Path(__file__).parent / "data" / "otel_traces.sql"
@@ -42,44 +38,30 @@ async def spans_file(upstream: FakeUpstream, tmp_path: Path) -> Path:
     registry.push("other", content_from_mapping({"template": "Other."}))
     registry.set_rollout("extract", stable=v1.hash, canary=v2.hash, weight=50)
     path = tmp_path / "spans.jsonl"
-    config = config_for(
-        upstream.url, registry=registry, capture_content=CaptureContent.REDACTED, export=Export(spans_file=path)
-    )
     ids: dict[str, list[str]] = {"stable": [], "canary": []}
     stable_key = ""
-    async with running(config) as proxy:
-        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
-            for i in range(30):
-                raw = await c.chat.completions.with_raw_response.create(
-                    model="m",
-                    messages=[{"role": "user", "content": f"question {i}"}],
-                    extra_headers={"X-Prompt-Name": "extract", "X-Prompt-Key": f"user-{i}"},
-                )
-                ids[raw.headers["X-Prompt-Arm"]].append(raw.headers["X-Request-Id"])
-                if raw.headers["X-Prompt-Arm"] == "stable":
-                    stable_key = f"user-{i}"  # the salt is random: find a key that lands on stable
-            upstream.script(CHAT, Reply(status=500, body=[b'{"error":{"message":"boom","type":"server_error"}}']))
-            with pytest.raises(openai.InternalServerError):
-                await c.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "x"}], extra_headers={"X-Prompt-Name": "other"}
-                )
-            with pytest.raises(openai.InternalServerError):
-                upstream.script(CHAT, Reply(status=503, body=[b'{"error":{"message":"busy","type":"server_error"}}']))
-                await c.chat.completions.create(
-                    model="m",
-                    messages=[{"role": "user", "content": "y"}],
-                    extra_headers={"X-Prompt-Name": "extract", "X-Prompt-Key": stable_key},
-                )
-        async with aiohttp.ClientSession() as session:
-            stable = ids["stable"]
-            for body in (
+    async with recording(upstream, registry, path) as (proxy, client):
+        for i in range(30):
+            request_id, arm = await ask(client, "extract", f"user-{i}", f"question {i}")
+            ids[arm].append(request_id)
+            if arm == "stable":
+                stable_key = f"user-{i}"  # the salt is random: find a key that lands on stable
+        upstream.script(CHAT, Reply(status=500, body=[b'{"error":{"message":"boom","type":"server_error"}}']))
+        with pytest.raises(openai.InternalServerError):
+            await ask(client, "other", "user-x", "x")
+        upstream.script(CHAT, Reply(status=503, body=[b'{"error":{"message":"busy","type":"server_error"}}']))
+        with pytest.raises(openai.InternalServerError):
+            await ask(client, "extract", stable_key, "y")
+        stable = ids["stable"]
+        await give_feedback(
+            proxy,
+            [
                 {"request_id": stable[0], "thumbs": "down", "comment": "missed the total amount"},
                 {"request_id": stable[1], "score": 0.9, "correction": "Total: 42 EUR"},
                 {"request_id": stable[2], "thumbs": "up"},
                 {"request_id": "req_not_ours", "thumbs": "down"},
-            ):
-                async with session.post(proxy.url + "/v1/feedback", json=body) as r:
-                    assert r.status == 202
+            ],
+        )
     return path
 
 

@@ -10,18 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import openai
 import orjson
 import pytest
 
 from flywheel.registry import Registry, open_registry
 from flywheel.registry.version import content_from_mapping
-from proxy.content import CaptureContent
-from proxy.server import running
-from proxy.tracing import Export
-from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream
+from tests.traffic import ask, give_feedback, recording
 
 PARENT = "You read invoices and answer questions about them."
 SCHEMA = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
@@ -52,24 +47,14 @@ def simulated(regressing: bool = False) -> Any:
 
 async def production(upstream: FakeUpstream, registry: Registry, spans: Path) -> list[str]:
     """Twelve calls through the proxy (content captured), thumbs down on three."""
-    config = config_for(
-        upstream.url, registry=registry, capture_content=CaptureContent.REDACTED, export=Export(spans_file=spans)
-    )
-    ids = []
-    async with running(config) as proxy:
-        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
-            for i in range(12):
-                raw = await c.chat.completions.with_raw_response.create(
-                    model="task-model",
-                    messages=[{"role": "user", "content": f"What is the total of invoice {i}?"}],
-                    extra_headers={"X-Prompt-Name": "invoice", "X-Prompt-Key": f"customer-{i}"},
-                )
-                ids.append(raw.headers["X-Request-Id"])
-        async with aiohttp.ClientSession() as session:
-            for request_id in ids[:3]:
-                body = {"request_id": request_id, "thumbs": "down", "comment": "I need this as JSON for our ERP"}
-                async with session.post(proxy.url + "/v1/feedback", json=body) as r:
-                    assert r.status == 202
+    async with recording(upstream, registry, spans) as (proxy, client):
+        ids = [
+            (await ask(client, "invoice", f"customer-{i}", f"What is the total of invoice {i}?", "task-model"))[0]
+            for i in range(12)
+        ]
+        await give_feedback(
+            proxy, [{"request_id": i, "thumbs": "down", "comment": "I need this as JSON for our ERP"} for i in ids[:3]]
+        )
     return ids
 
 
