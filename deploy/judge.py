@@ -43,6 +43,9 @@ class Thresholds:
     max_cost_ratio: float = 1.5
 
 
+DEFAULTS = Thresholds()
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     action: Action
@@ -52,7 +55,7 @@ class Verdict:
 
 
 def judge(
-    canary: ArmStats, stable: ArmStats, weight: float, steps: Sequence[float], limits: Thresholds = Thresholds()
+    canary: ArmStats, stable: ArmStats, weight: float, steps: Sequence[float], limits: Thresholds = DEFAULTS
 ) -> Verdict:
     evidence: dict[str, Any] = {
         "canary_requests": canary.requests,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from deploy.judge import ArmStats, Thresholds, judge
+from deploy.judge import DEFAULTS, ArmStats, Thresholds, judge
 from deploy.schedule import DEFAULT_STEPS, Action
 from deploy.sequential import Proportion
 
@@ -31,7 +31,7 @@ def simulate(
     rng: random.Random,
     traffic: int = 400,
     max_intervals: int = 200,
-    limits: Thresholds = Thresholds(),
+    limits: Thresholds = DEFAULTS,
 ) -> Run:
     weight = DEFAULT_STEPS[0]
     counts = {"canary": [0, 0], "stable": [0, 0]}  # [valid, trials]

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+import deploy.cli
 import flywheel.registry.cli
 import optimizer.cli
 import proxy.config
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_parser.set_defaults(run=proxy.server.command)
     flywheel.registry.cli.add_commands(commands)
     optimizer.cli.add_command(commands)
+    deploy.cli.add_command(commands)
     return parser
 
 

@@ -22,7 +22,7 @@ Query = Callable[[str, Mapping[str, str]], list[dict[str, Any]]]  # SQL with {na
 
 _A = "SpanAttributes"
 _IS_CALL = f"mapContains({_A}, 'gen_ai.operation.name') AND {_A}['gen_ai.prompt.name'] = {{prompt:String}}"
-_ROW = f"SpanName AS name, {_A} AS attributes, toUnixTimestamp64Nano(Timestamp) AS ns"
+_ROW = f"SpanName AS name, {_A} AS attributes, toUnixTimestamp64Nano(Timestamp) AS ns, Duration AS duration"
 
 
 class ClickHouseError(RuntimeError):
@@ -66,7 +66,10 @@ class ClickHouseSpanStore:
 
     def _records(self, where: str, params: Mapping[str, str], kind: type) -> list[Any]:
         rows = self._query(f"SELECT {_ROW} FROM {self._table} WHERE {where} ORDER BY ns", params)
-        found = (from_attributes(row["name"], row["attributes"], int(row["ns"])) for row in rows)
+        found = (
+            from_attributes(row["name"], row["attributes"], int(row["ns"]), int(row["ns"]) + int(row["duration"]))
+            for row in rows
+        )
         return [record for record in found if isinstance(record, kind)]
 
 

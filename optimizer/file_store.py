@@ -78,8 +78,8 @@ class FileSpanStore:
         enabled = gc.isenabled()
         gc.disable()
         try:
-            for name, attributes, start_ns in self._source.attribute_rows():
-                record = from_attributes(name, attributes, start_ns)
+            for name, attributes, start_ns, end_ns in self._source.attribute_rows():
+                record = from_attributes(name, attributes, start_ns, end_ns)
                 if record is not None:
                     yield record
         finally:

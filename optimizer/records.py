@@ -30,6 +30,8 @@ class CallRecord:
     input_json: str | None  # gen_ai.input.messages as recorded; None: content was not captured
     output_json: str | None
     time_ns: int = 0
+    duration_s: float = 0.0
+    cost_usd: float | None = None
 
     # Parsed on demand: mining reads a million calls and looks at the content of a few.
     @property
@@ -57,7 +59,9 @@ class FeedbackRecord:
         return self.label == "down" or self.score < 0.5
 
 
-def from_attributes(name: str, attributes: Mapping[str, Any], time_ns: int = 0) -> CallRecord | FeedbackRecord | None:
+def from_attributes(
+    name: str, attributes: Mapping[str, Any], time_ns: int = 0, end_ns: int = 0
+) -> CallRecord | FeedbackRecord | None:
     """The record a span stands for; None for spans the optimizer has no use for.
 
     Attribute values may be typed (OTLP) or strings (ClickHouse stores every value as one).
@@ -89,11 +93,15 @@ def from_attributes(name: str, attributes: Mapping[str, Any], time_ns: int = 0) 
         input_json=_text(attributes.get("gen_ai.input.messages")),
         output_json=_text(attributes.get("gen_ai.output.messages")),
         time_ns=time_ns,
+        duration_s=max(0, end_ns - time_ns) / 1e9 if end_ns else 0.0,
+        cost_usd=float(attributes["flywheel.cost.usd"])
+        if attributes.get("flywheel.cost.usd") not in (None, "")
+        else None,
     )
 
 
 def from_span(span: SpanRecord) -> CallRecord | FeedbackRecord | None:
-    return from_attributes(span.name, span.attributes, span.start_ns)
+    return from_attributes(span.name, span.attributes, span.start_ns, span.end_ns)
 
 
 def _text(value: Any) -> str | None:

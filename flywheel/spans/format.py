@@ -167,15 +167,20 @@ def decode_line(line: bytes | str) -> Iterator[SpanRecord]:
         raise ValueError(f"not an OTLP/JSON trace line: {exc}") from exc
 
 
-def decode_line_attributes(line: bytes | str) -> Iterator[tuple[str, dict[str, Any], int]]:
-    """(name, attributes, start ns) of each span of a line: the slice mining reads, without
-    building whole records; raises ``ValueError`` like :func:`decode_line`."""
+def decode_line_attributes(line: bytes | str) -> Iterator[tuple[str, dict[str, Any], int, int]]:
+    """(name, attributes, start ns, end ns) of each span of a line: the slice mining reads,
+    without building whole records; raises ``ValueError`` like :func:`decode_line`."""
     try:
         message = orjson.loads(line)
         for resource_spans in message.get("resourceSpans", ()):
             for scope_spans in resource_spans.get("scopeSpans", ()):
                 for span in scope_spans.get("spans", ()):
-                    yield span.get("name", ""), _attributes(span.get("attributes", ())), int(span["startTimeUnixNano"])
+                    yield (
+                        span.get("name", ""),
+                        _attributes(span.get("attributes", ())),
+                        int(span["startTimeUnixNano"]),
+                        int(span.get("endTimeUnixNano", 0)),
+                    )
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not an OTLP/JSON trace line: {exc}") from exc
 

@@ -29,8 +29,8 @@ class SpanSource:
         for decoded in self._lines(decode_line):
             yield from decoded
 
-    def attribute_rows(self) -> Iterator[tuple[str, dict[str, Any], int]]:
-        """(name, attributes, start ns) per span: what mining needs, at less cost per span."""
+    def attribute_rows(self) -> Iterator[tuple[str, dict[str, Any], int, int]]:
+        """(name, attributes, start ns, end ns) per span: what mining needs, at less cost per span."""
         for decoded in self._lines(decode_line_attributes):
             yield from decoded
 

@@ -1,0 +1,20 @@
+"""Where the controller's numbers come from: one small interface, one source per file
+(``prometheus_metrics`` over the proxy's ``flywheel_*`` series, ``spans_metrics`` over
+the span store)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from deploy.judge import ArmStats
+
+
+class MetricsUnavailable(RuntimeError):
+    """The source could not answer (unreachable, empty, malformed): the controller holds."""
+
+
+class MetricsSource(Protocol):
+    def arm_stats(self, prompt: str, versions: tuple[str, ...], since_s: float) -> Mapping[str, ArmStats]:
+        """What each version did since ``since_s`` (Unix seconds), keyed by version hash."""
+        ...

@@ -1,0 +1,44 @@
+"""Telling people: one small interface; Alertmanager and webhook implementations beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    name: str  # FlywheelCanaryRollback | FlywheelStableDegraded
+    prompt: str
+    version: str
+    reason: str
+    severity: str = "warning"
+    resolved: bool = False
+
+
+class Notifier(Protocol):
+    def send(self, alert: Alert) -> None:
+        """Deliver or raise ``NotifyError``; the controller logs and counts failures."""
+        ...
+
+
+class NotifyError(RuntimeError):
+    pass
+
+
+class Fanout:
+    """Every configured notifier (none configured: nobody is told, and that is allowed)."""
+
+    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+        self.notifiers = tuple(notifiers)
+
+    def send(self, alert: Alert) -> list[str]:
+        """Sends to all; returns the failures, one line each."""
+        failures = []
+        for notifier in self.notifiers:
+            try:
+                notifier.send(alert)
+            except NotifyError as exc:
+                failures.append(str(exc))
+        return failures
