@@ -43,6 +43,8 @@ def add_command(commands: Any) -> None:
     parser.add_argument("--alertmanager", help="Alertmanager base URL (API v2)")
     parser.add_argument("--webhook", help="JSON webhook URL (Slack-compatible)")
     parser.add_argument("--metrics-port", type=int, help="with --watch: serve flywheel_canary_decisions_total here")
+    parser.add_argument("--recent-window", type=float, default=3600.0, help="seconds of stable traffic checked …")
+    parser.add_argument("--baseline-window", type=float, default=86400.0, help="… against this many seconds before")
     parser.add_argument("--registry", default="./.flywheel", help="DIR or k8s://NAMESPACE/CONFIGMAP")
     parser.add_argument("--json", action="store_true", help="print each verdict as JSON")
     parser.set_defaults(run=command)
@@ -66,7 +68,8 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     decisions = Decisions()
     if args.watch and args.metrics_port:
         start_http_server(args.metrics_port, registry=decisions.registry)
-    controller = Controller(registry, metrics, Fanout(notifiers), CanaryConfig(args.name, steps), decisions)
+    config = CanaryConfig(args.name, steps, recent_s=args.recent_window, baseline_s=args.baseline_window)
+    controller = Controller(registry, metrics, Fanout(notifiers), config, decisions)
     while True:
         try:
             verdict = controller.step()
@@ -77,6 +80,9 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         else:
             line: Any = {"action": verdict.action.value, "weight": verdict.weight, "reason": verdict.reason}
             print(orjson.dumps(line).decode() if args.json else f"{verdict.action.value}: {verdict.reason}", flush=True)
+            degraded = controller.watch_stable()
+            if degraded:
+                print(orjson.dumps({"stable": degraded}).decode() if args.json else degraded, flush=True)
         if not args.watch:
             return 0
         time.sleep(args.interval)

@@ -10,12 +10,13 @@ watches every minute does not flood the history.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from deploy.judge import DEFAULTS, ArmStats, Thresholds, Verdict, judge
+from deploy.judge import DEFAULTS, ArmStats, Thresholds, Verdict, compare, judge
 from deploy.metrics import MetricsSource, MetricsUnavailable
 from deploy.notifier import Alert, Fanout
 from deploy.schedule import DEFAULT_STEPS, Action
@@ -30,6 +31,8 @@ class CanaryConfig:
     prompt: str
     steps: tuple[float, ...] = DEFAULT_STEPS
     limits: Thresholds = DEFAULTS
+    recent_s: float = 3600.0  # the stable version's last hour …
+    baseline_s: float = 86400.0  # … against the day before it
 
 
 class Decisions:
@@ -59,6 +62,7 @@ class Controller:
         self._notify = notify
         self._config = config
         self.decisions = decisions or Decisions()
+        self._degraded: bool | None = None  # the stable version's state at the last look (None: unknown)
 
     def step(self) -> Verdict:
         name = self._config.prompt
@@ -73,6 +77,31 @@ class Controller:
         self.decisions.total.labels(name, verdict.action.value).inc()
         log.info("%s: %s — %s", name, verdict.action.value, verdict.reason)
         return verdict
+
+    def watch_stable(self, now: float | None = None) -> str | None:
+        """Compare the stable version's recent window with its own baseline before it (a
+        provider's model update degrades a prompt with no canary in sight). Alerts when it
+        turns degraded and resolves the alert when it recovers; returns the reason, if any."""
+        config, now = self._config, time.time() if now is None else now
+        stable = self._registry.rollout(config.prompt).stable
+        split = now - config.recent_s
+        try:
+            recent = self._metrics.arm_stats(config.prompt, (stable,), split).get(stable)
+            baseline = self._metrics.arm_stats(config.prompt, (stable,), split - config.baseline_s, split).get(stable)
+        except MetricsUnavailable as exc:
+            log.info("%s: stable not checked: %s", config.prompt, exc)
+            return None
+        if recent is None or baseline is None or min(recent.requests, baseline.requests) < config.limits.min_sample:
+            return None
+        worse, _ = compare(recent, baseline, config.limits)
+        reason = "stable worse than its own baseline: " + "; ".join(worse) if worse else None
+        if worse and self._degraded is not True:
+            self._alert(Alert("FlywheelStableDegraded", config.prompt, stable, reason or "", "warning"))
+        elif not worse and self._degraded:
+            self._alert(Alert("FlywheelStableDegraded", config.prompt, stable, "recovered", "warning", resolved=True))
+        self._degraded = bool(worse)
+        self.decisions.total.labels(config.prompt, "stable_degraded" if worse else "stable_healthy").inc()
+        return reason
 
     def _judge(self, rollout: Rollout) -> Verdict:
         assert rollout.canary is not None

@@ -54,6 +54,32 @@ class Verdict:
     evidence: Mapping[str, Any]
 
 
+def compare(
+    candidate: ArmStats, reference: ArmStats, limits: Thresholds = DEFAULTS
+) -> tuple[list[str], dict[str, Any]]:
+    """Where ``candidate`` is worse than ``reference``: reasons, and the numbers for each metric."""
+    evidence: dict[str, Any] = {}
+    worse = []
+    for name in RATES:
+        c, s = candidate.rates.get(name), reference.rates.get(name)
+        if c is None or s is None or not c.trials or not s.trials:
+            continue
+        difference, p = always_valid_p(c, s, limits.tau)
+        evidence[name] = {"canary": c.rate, "stable": s.rate, "difference": difference, "p": p}
+        if difference < 0 and p <= limits.alpha:
+            worse.append(f"{name} {c.rate:.1%} vs {s.rate:.1%} (always-valid p={p:.4f})")
+    for name, c_value, s_value, limit in (
+        ("p95_latency_s", candidate.p95_latency_s, reference.p95_latency_s, limits.max_latency_ratio),
+        ("cost_per_request", candidate.cost_per_request, reference.cost_per_request, limits.max_cost_ratio),
+    ):
+        if c_value is not None and s_value:
+            ratio = c_value / s_value
+            evidence[name] = {"canary": c_value, "stable": s_value, "ratio": ratio}
+            if ratio > limit:
+                worse.append(f"{name} ×{ratio:.2f} (limit ×{limit})")
+    return worse, evidence
+
+
 def judge(
     canary: ArmStats, stable: ArmStats, weight: float, steps: Sequence[float], limits: Thresholds = DEFAULTS
 ) -> Verdict:
@@ -64,24 +90,8 @@ def judge(
     }
     if min(canary.requests, stable.requests) < limits.min_sample:
         return Verdict(Action.HOLD, weight, f"waiting for {limits.min_sample} requests per arm", evidence)
-    worse = []
-    for name in RATES:
-        c, s = canary.rates.get(name), stable.rates.get(name)
-        if c is None or s is None or not c.trials or not s.trials:
-            continue
-        difference, p = always_valid_p(c, s, limits.tau)
-        evidence[name] = {"canary": c.rate, "stable": s.rate, "difference": difference, "p": p}
-        if difference < 0 and p <= limits.alpha:
-            worse.append(f"{name} {c.rate:.1%} vs {s.rate:.1%} (always-valid p={p:.4f})")
-    for name, c_value, s_value, limit in (
-        ("p95_latency_s", canary.p95_latency_s, stable.p95_latency_s, limits.max_latency_ratio),
-        ("cost_per_request", canary.cost_per_request, stable.cost_per_request, limits.max_cost_ratio),
-    ):
-        if c_value is not None and s_value:
-            ratio = c_value / s_value
-            evidence[name] = {"canary": c_value, "stable": s_value, "ratio": ratio}
-            if ratio > limit:
-                worse.append(f"{name} ×{ratio:.2f} of stable (limit ×{limit})")
+    worse, numbers = compare(canary, stable, limits)
+    evidence |= numbers
     if worse:
         return Verdict(Action.ROLLBACK, 0.0, "canary worse: " + "; ".join(worse), evidence)
     following = next_weight(weight, steps)

@@ -15,6 +15,8 @@ class MetricsUnavailable(RuntimeError):
 
 
 class MetricsSource(Protocol):
-    def arm_stats(self, prompt: str, versions: tuple[str, ...], since_s: float) -> Mapping[str, ArmStats]:
-        """What each version did since ``since_s`` (Unix seconds), keyed by version hash."""
+    def arm_stats(
+        self, prompt: str, versions: tuple[str, ...], since_s: float, until_s: float | None = None
+    ) -> Mapping[str, ArmStats]:
+        """What each version did from ``since_s`` to ``until_s`` (Unix seconds; None: now), by version hash."""
         ...

@@ -23,25 +23,28 @@ class PrometheusMetrics:
         self._base = base_url.rstrip("/")
         self._timeout = timeout
 
-    def arm_stats(self, prompt: str, versions: tuple[str, ...], since_s: float) -> Mapping[str, ArmStats]:
-        window = f"{max(60, math.ceil(time.time() - since_s))}s"
+    def arm_stats(
+        self, prompt: str, versions: tuple[str, ...], since_s: float, until_s: float | None = None
+    ) -> Mapping[str, ArmStats]:
+        now = time.time()
+        end = min(until_s, now) if until_s is not None else now
+        offset = math.floor(now - end)
+        window = f"{max(60, math.ceil(end - since_s))}s"
+        # The range selector, shifted back when the window ends in the past.
+        rng = f"[{window}]" + (f" offset {offset}s" if offset > 0 else "")
         match = f'prompt="{_quote(prompt)}",version=~"{"|".join(versions)}"'
-        requests = self._by(f"sum by (version) (increase(flywheel_requests_total{{{match}}}[{window}]))")
+        requests = self._by(f"sum by (version) (increase(flywheel_requests_total{{{match}}}{rng}))")
         if not any(requests.values()):
             raise MetricsUnavailable(f"Prometheus has no flywheel_requests_total for {prompt} in the last {window}")
-        errors = self._by(
-            f'sum by (version) (increase(flywheel_requests_total{{{match},status_class="5xx"}}[{window}]))'
-        )
-        valid = self._by(
-            f'sum by (version) (increase(flywheel_schema_results_total{{{match},result="valid"}}[{window}]))'
-        )
-        checked = self._by(f"sum by (version) (increase(flywheel_schema_results_total{{{match}}}[{window}]))")
-        up = self._by(f'sum by (version) (increase(flywheel_feedback_total{{{match},kind="up"}}[{window}]))')
-        rated = self._by(f'sum by (version) (increase(flywheel_feedback_total{{{match},kind=~"up|down"}}[{window}]))')
+        errors = self._by(f'sum by (version) (increase(flywheel_requests_total{{{match},status_class="5xx"}}{rng}))')
+        valid = self._by(f'sum by (version) (increase(flywheel_schema_results_total{{{match},result="valid"}}{rng}))')
+        checked = self._by(f"sum by (version) (increase(flywheel_schema_results_total{{{match}}}{rng}))")
+        up = self._by(f'sum by (version) (increase(flywheel_feedback_total{{{match},kind="up"}}{rng}))')
+        rated = self._by(f'sum by (version) (increase(flywheel_feedback_total{{{match},kind=~"up|down"}}{rng}))')
         p95 = self._by(
-            f"histogram_quantile(0.95, sum by (version, le) (rate(flywheel_request_duration_seconds_bucket{{{match}}}[{window}])))"
+            f"histogram_quantile(0.95, sum by (version, le) (rate(flywheel_request_duration_seconds_bucket{{{match}}}{rng})))"
         )
-        cost = self._by(f"sum by (version) (increase(flywheel_cost_usd_total{{{match}}}[{window}]))")
+        cost = self._by(f"sum by (version) (increase(flywheel_cost_usd_total{{{match}}}{rng}))")
         out = {}
         for version in versions:
             n = round(requests.get(version, 0))

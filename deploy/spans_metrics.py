@@ -31,13 +31,16 @@ class SpansMetrics:
     def __init__(self, source: SpanSource) -> None:
         self._source = source
 
-    def arm_stats(self, prompt: str, versions: tuple[str, ...], since_s: float) -> Mapping[str, ArmStats]:
+    def arm_stats(
+        self, prompt: str, versions: tuple[str, ...], since_s: float, until_s: float | None = None
+    ) -> Mapping[str, ArmStats]:
         since_ns = int(since_s * 1e9)
+        until_ns = int(until_s * 1e9) if until_s is not None else None
         tallies: dict[str, _Tally] = defaultdict(_Tally)
         version_of: dict[str, str] = {}
         feedback: list[FeedbackRecord] = []
         for name, attributes, start_ns, end_ns in self._source.attribute_rows():
-            if start_ns < since_ns:
+            if start_ns < since_ns or (until_ns is not None and start_ns >= until_ns):
                 continue
             record = from_attributes(name, attributes, start_ns, end_ns)
             if isinstance(record, FeedbackRecord):

@@ -218,3 +218,110 @@ async def test_corrupt_rollout_writes_nothing(tmp_path: Path) -> None:
 async def test_bad_steps_are_a_clear_error(tmp_path: Path, steps: str) -> None:
     code, _, err = await flywheel("canary", "x", "--spans", "s", "--steps", steps, "--registry", str(tmp_path))
     assert code == 1 and "--steps" in err
+
+
+def _history(path: Path, version: str, windows: list[tuple[float, int, float]]) -> None:
+    """Spans of the stable version at chosen times: (start seconds, calls, schema-valid share)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from flywheel.spans import SpansFileExporter
+
+    if path.exists():
+        path.unlink()
+    provider = TracerProvider()
+    exporter = SpansFileExporter(path)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("flywheel.proxy")
+    n = 0
+    for start, calls, valid in windows:
+        for i in range(calls):
+            n += 1
+            at = int((start + i) * 1e9)
+            attributes = {
+                "gen_ai.operation.name": "chat",
+                "flywheel.request_id": f"req_{n}",
+                "gen_ai.prompt.name": "extract",
+                "gen_ai.prompt.version": version,
+                "flywheel.prompt.arm": "stable",
+                "flywheel.eval.schema_valid": i < calls * valid,
+            }
+            tracer.start_span("chat m", start_time=at, attributes=attributes).end(end_time=at + 200_000_000)
+    provider.shutdown()
+
+
+async def test_stable_degrading_against_its_own_baseline_alerts_and_resolves(tmp_path: Path) -> None:
+    from deploy.controller import CanaryConfig, Controller
+    from deploy.notifier import Fanout
+    from deploy.spans_metrics import SpansMetrics
+    from deploy.webhook import WebhookNotifier
+    from flywheel.spans import open_span_source
+
+    registry, stable, _ = _registry(tmp_path)
+    registry.rollback("extract", reason="no canary now")
+    spans = tmp_path / "spans.jsonl"
+    now = time.time()
+    async with webhook_receiver() as (hook, received):
+        config = CanaryConfig("extract", recent_s=600, baseline_s=3000)
+        controller = Controller(
+            registry, SpansMetrics(open_span_source(spans)), Fanout([WebhookNotifier(hook)]), config
+        )
+        _history(spans, stable, [(now - 3000, 400, 0.95), (now - 500, 400, 0.80)])  # dropped after a model update
+        reason = await asyncio.to_thread(controller.watch_stable, now)
+        assert reason is not None and "schema_valid 80.0% vs 95.0%" in reason
+        _history(spans, stable, [(now - 3000, 400, 0.95), (now - 500, 400, 0.95)])  # back to normal
+        assert await asyncio.to_thread(controller.watch_stable, now) is None
+    assert [(r["alert"], r["resolved"]) for r in received] == [
+        ("FlywheelStableDegraded", False),
+        ("FlywheelStableDegraded", True),
+    ]
+    assert received[0]["version"] == stable and received[0]["severity"] == "warning"
+
+
+async def test_two_controllers_never_take_the_same_step(upstream: FakeUpstream, tmp_path: Path) -> None:
+    from deploy.controller import CanaryConfig, Controller
+    from deploy.notifier import Fanout
+    from deploy.schedule import Action
+    from deploy.spans_metrics import SpansMetrics
+    from flywheel.registry.version import content_from_mapping as content
+    from flywheel.spans import open_span_source
+
+    registry = open_registry(tmp_path / "registry")
+    stable, _ = registry.push("extract", content({"template": "A."}))
+    canary, _ = registry.push("extract", content({"template": "B."}))
+    registry.set_rollout("extract", stable=stable.hash, canary=canary.hash, weight=50)
+    spans = tmp_path / "spans.jsonl"
+    async with recording(upstream, registry, spans) as (_, client):
+        await _traffic(client, 400)  # equal arms: the verdict is "advance"
+    source = SpansMetrics(open_span_source(spans))
+    config = CanaryConfig("extract", steps=(10, 50, 75, 100))
+    other = Controller(registry, source, Fanout([]), config)
+
+    class OtherStepsMeanwhile:
+        def arm_stats(self, *args: Any) -> Any:
+            other.step()  # the second controller moves while the first is measuring
+            return source.arm_stats(*args)
+
+    first = Controller(registry, OtherStepsMeanwhile(), Fanout([]), config)
+    verdict = first.step()
+    assert verdict.action is Action.HOLD and "moved meanwhile" in verdict.reason
+    rollout = registry.rollout("extract")
+    assert rollout.weight == 75 and [c.action for c in rollout.history].count("advance") == 1  # one step, not two
+
+
+async def test_no_spans_yet_holds_and_never_promotes(tmp_path: Path) -> None:
+    registry, _, canary = _registry(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    code, out, _ = await flywheel(
+        "canary",
+        "extract",
+        "--spans",
+        str(tmp_path / "empty.jsonl"),
+        "--once",
+        "--steps",
+        "50",
+        "--registry",
+        str(registry.store.root),  # type: ignore[attr-defined]
+    )
+    assert code == 0 and out.startswith("hold: no metrics: no spans of extract")
+    assert registry.rollout("extract").canary == canary
