@@ -25,6 +25,7 @@ class AlertmanagerNotifier:
                     "prompt": alert.prompt,
                     "version": alert.version,
                     "severity": alert.severity,
+                    "reason": alert.cause,
                     "service": "flywheel",
                 },
                 "annotations": {"reason": alert.reason, "summary": f"{alert.prompt}: {alert.reason}"},

@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from deploy.alertmanager import AlertmanagerNotifier
 from deploy.controller import CanaryConfig, Controller, Decisions
+from deploy.judge import Thresholds
 from deploy.metrics import MetricsSource
 from deploy.notifier import Fanout, Notifier
 from deploy.prometheus_metrics import PrometheusMetrics
@@ -43,6 +44,11 @@ def add_command(commands: Any) -> None:
     parser.add_argument("--alertmanager", help="Alertmanager base URL (API v2)")
     parser.add_argument("--webhook", help="JSON webhook URL (Slack-compatible)")
     parser.add_argument("--metrics-port", type=int, help="with --watch: serve flywheel_canary_decisions_total here")
+    parser.add_argument("--alpha", type=float, default=0.02, help="rollback when worse with always-valid p ≤ this")
+    parser.add_argument("--min-sample", type=int, default=100, help="requests per arm before any verdict")
+    parser.add_argument("--promote-sample", type=int, default=3000, help="canary requests before promotion")
+    parser.add_argument("--max-latency-ratio", type=float, default=1.5, help="canary p95 / stable p95 limit")
+    parser.add_argument("--max-cost-ratio", type=float, default=1.5, help="canary / stable cost per request limit")
     parser.add_argument("--recent-window", type=float, default=3600.0, help="seconds of stable traffic checked …")
     parser.add_argument("--baseline-window", type=float, default=86400.0, help="… against this many seconds before")
     parser.add_argument("--registry", default="./.flywheel", help="DIR or k8s://NAMESPACE/CONFIGMAP")
@@ -68,7 +74,14 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     decisions = Decisions()
     if args.watch and args.metrics_port:
         start_http_server(args.metrics_port, registry=decisions.registry)
-    config = CanaryConfig(args.name, steps, recent_s=args.recent_window, baseline_s=args.baseline_window)
+    limits = Thresholds(
+        alpha=args.alpha,
+        min_sample=args.min_sample,
+        promote_sample=args.promote_sample,
+        max_latency_ratio=args.max_latency_ratio,
+        max_cost_ratio=args.max_cost_ratio,
+    )
+    config = CanaryConfig(args.name, steps, limits, recent_s=args.recent_window, baseline_s=args.baseline_window)
     controller = Controller(registry, metrics, Fanout(notifiers), config, decisions)
     while True:
         try:

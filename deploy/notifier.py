@@ -16,6 +16,15 @@ class Alert:
     severity: str = "warning"
     resolved: bool = False
 
+    @property
+    def cause(self) -> str:
+        """The metrics named in the reason, for a bounded ``reason`` label ("schema_valid,p95_latency_s")."""
+        found = [m for m in METRICS if m in self.reason]
+        return ",".join(found) or "other"
+
+
+METRICS = ("error_free", "schema_valid", "feedback_positive", "p95_latency_s", "cost_per_request")
+
 
 class Notifier(Protocol):
     def send(self, alert: Alert) -> None:

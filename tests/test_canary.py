@@ -149,6 +149,7 @@ async def test_schema_breaking_canary_is_rolled_back_from_spans_and_alerted(
     [alert] = [a for a in alerts if a["labels"]["alertname"] == "FlywheelCanaryRollback"]
     assert alert["labels"]["prompt"] == "extract" and alert["labels"]["version"] == canary
     assert alert["labels"]["severity"] == "critical" and "schema_valid" in alert["annotations"]["reason"]
+    assert alert["labels"]["reason"] == "schema_valid"
     assert received and received[0]["prompt"] == "extract" and received[0]["text"].startswith("[flywheel critical]")
 
 
