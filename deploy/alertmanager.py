@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 
-import orjson
-
-from deploy.notifier import Alert, NotifyError
+from deploy.notifier import Alert, post_json
 
 
 class AlertmanagerNotifier:
@@ -33,13 +29,4 @@ class AlertmanagerNotifier:
                 **({"endsAt": now} if alert.resolved else {}),  # an end time now resolves it
             }
         ]
-        request = urllib.request.Request(
-            self._url, data=orjson.dumps(payload), headers={"Content-Type": "application/json"}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            raise NotifyError(f"Alertmanager said {exc.code}: {exc.read(300).decode(errors='replace')}") from exc
-        except OSError as exc:
-            raise NotifyError(f"cannot reach Alertmanager at {self._url}: {exc}") from exc
+        post_json(self._url, payload, self._timeout, "Alertmanager")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +55,17 @@ class Fanout:
             except NotifyError as exc:
                 failures.append(str(exc))
         return failures
+
+
+def post_json(url: str, body: object, timeout: float, what: str) -> None:
+    """POST ``body`` as JSON; failures become one ``NotifyError`` line naming ``what``."""
+    request = urllib.request.Request(
+        url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        raise NotifyError(f"{what} said {exc.code}: {exc.read(300).decode(errors='replace')}") from exc
+    except OSError as exc:
+        raise NotifyError(f"cannot reach {what} at {url}: {exc}") from exc

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
-import orjson
-
-from deploy.notifier import Alert, NotifyError
+from deploy.notifier import Alert, post_json
 
 
 class WebhookNotifier:
@@ -26,13 +21,4 @@ class WebhookNotifier:
             "severity": alert.severity,
             "resolved": alert.resolved,
         }
-        request = urllib.request.Request(
-            self._url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            raise NotifyError(f"webhook {self._url} said {exc.code}") from exc
-        except OSError as exc:
-            raise NotifyError(f"cannot reach webhook {self._url}: {exc}") from exc
+        post_json(self._url, body, self._timeout, "the webhook")

@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 
 class ProxyProcess:
@@ -60,3 +60,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def run_flywheel(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[int, str, str]:
+    """A ``flywheel`` command as its own process: (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flywheel.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+@contextlib.contextmanager
+def debian_server(names: tuple[str, ...], args: list[str]) -> Iterator[str]:
+    """A server from Debian's packages (prometheus, prometheus-alertmanager) on a free
+    loopback port; ``args`` may use ``{port}``. Yields its base URL."""
+    import shutil
+    import subprocess
+
+    binary = next(filter(None, (shutil.which(name) for name in names)), None)
+    assert binary, f"Debian's {names[0]} is needed (.ci/run installs it)"
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, *(a.format(port=port) for a in args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)

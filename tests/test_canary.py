@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +17,7 @@ import pytest
 from flywheel.registry import Registry, open_registry
 from flywheel.registry.version import content_from_mapping
 from tests.fake_upstream import FakeUpstream
-from tests.processes import free_port
+from tests.processes import debian_server, free_port, run_flywheel
 from tests.test_prometheus import prometheus, until_series
 from tests.traffic import ask, recording
 
@@ -43,27 +39,16 @@ async def _traffic(client: Any, count: int = 300) -> None:
 
 @contextlib.contextmanager
 def alertmanager(tmp: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    assert binary, "Debian's prometheus-alertmanager is needed (.ci/run installs it)"
     config = tmp / "alertmanager.yml"
     config.write_text('route: {receiver: "null"}\nreceivers: [{name: "null"}]\n')
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
+    args = [
+        f"--config.file={config}",
+        f"--storage.path={tmp / 'am-data'}",
+        "--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with debian_server(("prometheus-alertmanager", "alertmanager"), args) as url:
+        yield url
 
 
 async def _ready(url: str, timeout: float = 30) -> None:
@@ -79,17 +64,7 @@ async def _ready(url: str, timeout: float = 30) -> None:
 
 
 async def flywheel(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "flywheel.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    return process.returncode or 0, out.decode(), err.decode()
+    return await run_flywheel(*args)
 
 
 @contextlib.asynccontextmanager

@@ -3,9 +3,6 @@ spans on disk, then the optimizer job (a real process) against simulated models.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import pytest
 from flywheel.registry import Registry, open_registry
 from flywheel.registry.version import content_from_mapping
 from tests.fake_upstream import FakeUpstream
+from tests.processes import run_flywheel
 from tests.traffic import ask, give_feedback, recording
 
 PARENT = "You read invoices and answer questions about them."
@@ -73,17 +71,7 @@ def golden(path: Path) -> Path:
 
 
 async def flywheel(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "flywheel.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "OPENAI_API_KEY": "sk-optimizer-test"},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    return process.returncode or 0, out.decode(), err.decode()
+    return await run_flywheel(*args, env={"OPENAI_API_KEY": "sk-optimizer-test"})
 
 
 @pytest.fixture

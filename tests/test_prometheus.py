@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,13 +17,11 @@ from flywheel.registry import open_registry
 from flywheel.registry.version import content_from_mapping
 from tests.conftest import API_KEY, proxy_for
 from tests.fake_upstream import FakeUpstream
-from tests.processes import free_port
+from tests.processes import debian_server
 
 
 @contextlib.contextmanager
 def prometheus(target: str, tmp: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "Debian's prometheus is needed (.ci/run installs it)"
     config = tmp / "prometheus.yml"
     config.write_text(
         f"""global: {{scrape_interval: 1s, scrape_timeout: 900ms}}
@@ -34,22 +30,9 @@ scrape_configs:
     static_configs: [{{targets: ["{target}"]}}]
 """
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
+    args = [f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}", "--web.listen-address=127.0.0.1:{port}"]
+    with debian_server(("prometheus",), args) as url:
+        yield url
 
 
 async def query(session: aiohttp.ClientSession, base: str, promql: str) -> list[dict[str, Any]]:
