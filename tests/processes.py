@@ -9,6 +9,8 @@ import re
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 
+from aiohttp import web
+
 
 class ProxyProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
@@ -95,3 +97,16 @@ def debian_server(names: tuple[str, ...], args: list[str]) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(30)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """An aiohttp app of the test's own (a receiver) on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

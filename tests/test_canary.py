@@ -17,7 +17,7 @@ import pytest
 from flywheel.registry import Registry, open_registry
 from flywheel.registry.version import content_from_mapping
 from tests.fake_upstream import FakeUpstream
-from tests.processes import debian_server, free_port, run_flywheel
+from tests.processes import debian_server, free_port, run_flywheel, serving
 from tests.test_prometheus import prometheus, until_series
 from tests.traffic import ask, recording
 
@@ -77,14 +77,8 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[Any]]]:
 
     app = aiohttp.web.Application()
     app.router.add_post("/hook", hook)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", received
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url + "/hook", received
 
 
 async def test_schema_breaking_canary_is_rolled_back_from_spans_and_alerted(

@@ -23,7 +23,7 @@ from proxy.server import running
 from proxy.tracing import CountingBatchProcessor, Export
 from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.processes import flywheel_proxy
+from tests.processes import flywheel_proxy, serving
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -166,14 +166,8 @@ async def otlp_http_receiver() -> AsyncIterator[tuple[str, Received]]:
 
     app = aiohttp.web.Application()
     app.router.add_post("/v1/traces", traces)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, received
 
 
 async def otlp_grpc_receiver() -> AsyncIterator[tuple[str, Received]]:
