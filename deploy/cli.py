@@ -11,19 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from prometheus_client import start_http_server
-
-from deploy.alertmanager import AlertmanagerNotifier
-from deploy.controller import CanaryConfig, Controller, Decisions
-from deploy.judge import Thresholds
-from deploy.metrics import MetricsSource
-from deploy.notifier import Fanout, Notifier
-from deploy.prometheus_metrics import PrometheusMetrics
-from deploy.schedule import parse_steps
-from deploy.spans_metrics import SpansMetrics
-from deploy.webhook import WebhookNotifier
-from flywheel.registry import RegistryError, open_registry
-from flywheel.spans import open_span_source
 
 log = logging.getLogger("flywheel.canary")
 
@@ -57,6 +44,21 @@ def add_command(commands: Any) -> None:
 
 
 def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # Imported here, not at the top: `flywheel proxy` builds this parser too and should not pay for it.
+    from prometheus_client import start_http_server
+
+    from deploy.alertmanager import AlertmanagerNotifier
+    from deploy.controller import CanaryConfig, Controller, Decisions
+    from deploy.judge import Thresholds
+    from deploy.metrics import MetricsSource
+    from deploy.notifier import Fanout, Notifier
+    from deploy.prometheus_metrics import PrometheusMetrics
+    from deploy.schedule import parse_steps
+    from deploy.spans_metrics import SpansMetrics
+    from deploy.webhook import WebhookNotifier
+    from flywheel.registry import RegistryError, open_registry
+    from flywheel.spans import open_span_source
+
     try:
         steps = parse_steps(args.steps)
         registry = open_registry(args.registry, environ.get("KUBECONFIG"))

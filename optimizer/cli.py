@@ -11,12 +11,6 @@ from typing import Any
 
 import orjson
 
-from flywheel.registry import RegistryError, open_registry
-from optimizer.clickhouse_store import ClickHouseError
-from optimizer.golden import GoldenError
-from optimizer.llm import Model
-from optimizer.optimize import OptimizeConfig, Outcome, optimize
-
 
 def add_command(commands: Any) -> None:
     parser = commands.add_parser(
@@ -41,6 +35,13 @@ def add_command(commands: Any) -> None:
 
 
 def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # Imported here, not at the top: `flywheel proxy` builds this parser too and should not pay for it.
+    from flywheel.registry import RegistryError, open_registry
+    from optimizer.clickhouse_store import ClickHouseError
+    from optimizer.golden import GoldenError
+    from optimizer.llm import Model
+    from optimizer.optimize import OptimizeConfig, Outcome, optimize
+
     key = environ.get("FLYWHEEL_API_KEY") or environ.get("OPENAI_API_KEY") if args.api_base else None
     if args.canary_weight is not None and not 0 < args.canary_weight <= 100:
         print("flywheel optimize: --canary-weight must be in (0, 100]", file=sys.stderr)
