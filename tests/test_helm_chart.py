@@ -47,6 +47,7 @@ def test_native_sidecar_with_probes_drain_and_read_only_registry() -> None:
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz" and sidecar["startupProbe"]
     assert pod["terminationGracePeriodSeconds"] > 30 and "--drain-timeout" in sidecar["args"]
+    assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert sidecar["volumeMounts"] == [
         {"name": "flywheel-registry", "mountPath": "/etc/flywheel/registry", "readOnly": True}
     ]

@@ -44,7 +44,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
     periodSeconds: 5
   lifecycle:
     preStop:
-      sleep: {seconds: 5}  # let endpoints drop the pod before the drain starts
+      exec: {command: ["sleep", "5"]}  # let endpoints drop the pod before the drain starts
   volumeMounts:
     - {name: flywheel-registry, mountPath: /etc/flywheel/registry, readOnly: true}
   securityContext: {runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
