@@ -47,6 +47,38 @@ class ProviderError(ProxyError):
         self.type = _ERROR_TYPES.get(status, "api_error")
 
 
+# litellm keyword arguments that route a call or carry credentials; only config sets them.
+ROUTING_KEYS = frozenset(
+    (
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "custom_llm_provider",
+        "organization",
+        "headers",
+        "extra_headers",
+        "timeout",
+        "num_retries",
+        "mock_response",
+        "litellm_params",
+        "client",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_region_name",
+        "aws_profile_name",
+        "aws_role_name",
+        "aws_bedrock_runtime_endpoint",
+        "vertex_project",
+        "vertex_location",
+        "vertex_credentials",
+        "azure_ad_token",
+        "azure_ad_token_provider",
+    )
+)
+
+
 class LiteLLMBridge:
     """Chat completions and embeddings for providers that do not speak the OpenAI API."""
 
@@ -61,7 +93,10 @@ class LiteLLMBridge:
                 "use /v1/chat/completions or /v1/embeddings."
             )
         litellm = await self._litellm()
-        kwargs: dict[str, Any] = {**call.body, **upstream.params, "model": upstream.model_for(call.model)}
+        # litellm reads where to send a call and with which credentials from its keyword
+        # arguments: the request body must never choose them (no SSRF, no key swap).
+        body = {k: v for k, v in call.body.items() if k not in ROUTING_KEYS}
+        kwargs: dict[str, Any] = {**body, **upstream.params, "model": upstream.model_for(call.model)}
         try:
             if call.endpoint == "embeddings":
                 result = await litellm.aembedding(**kwargs)

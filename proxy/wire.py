@@ -87,7 +87,10 @@ class Call:
 
     def payload(self) -> bytes:
         if self.rewritten and self.body is not None:
-            return orjson.dumps(self.body)
+            try:
+                return orjson.dumps(self.body)
+            except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (255 levels)
+                raise InvalidRequest(f"The request body cannot be rewritten: {exc}.") from exc
         return self.raw
 
 

@@ -1,0 +1,130 @@
+"""Hostile and odd JSON bodies: a clear OpenAI-shape 400, or an exact pass-through — never a
+crash, a hang or a request that goes somewhere else. The proxy keeps serving afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import ProxyConfig
+from proxy.server import RunningProxy, running
+from proxy.upstreams import LiteLLMUpstream, Upstreams
+from tests.fake_upstream import FakeUpstream
+from tests.processes import serving
+
+CHAT = "/v1/chat/completions"
+MESSAGES = '[{"role": "user", "content": "hi"}]'
+
+
+async def _post(url: str, data: bytes) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url + CHAT, data=data, headers={"Content-Type": "application/json"}) as r:
+            return r.status, await r.read()
+
+
+async def _still_serving(proxy: RunningProxy) -> None:
+    status, _ = await _post(proxy.url, b'{"model": "m", "messages": ' + MESSAGES.encode() + b"}")
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        b'\xef\xbb\xbf{"model": "m"}',
+        b'{"model": "m", "seed": ' + b"9" * 400 + b"}",
+        b'{"model": "m", "content": "\xc3\x28"}',
+    ],
+    ids=["lone-surrogate", "bom", "huge-integer", "invalid-utf8"],
+)
+async def test_refused_with_a_clear_400(body: bytes, upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    status, answer = await _post(proxy.url, body)
+    assert status == 400
+    error = orjson.loads(answer)["error"]
+    assert error["code"] == "invalid_json" and error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert upstream.seen == []
+    await _still_serving(proxy)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "x": ' + b"[" * 1000 + b"]" * 1000 + b', "messages": ' + MESSAGES.encode() + b"}",
+        b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "messages": ' + MESSAGES.encode() + b"}",
+        b'{"model": "a", "model": "m", "messages": ' + MESSAGES.encode() + b"}",
+        b'{"model": "m", "stream": "true", "messages": ' + MESSAGES.encode() + b"}",
+        b'{"model": "m", "messages": ' + MESSAGES.encode() + b', "note": "' + b"x" * (10 * 1024 * 1024) + b'"}',
+    ],
+    ids=["nesting-1000", "nesting-100000", "duplicate-keys", "stream-as-string", "10MB-string"],
+)
+async def test_odd_but_valid_bodies_pass_through_byte_for_byte(
+    body: bytes, upstream: FakeUpstream, proxy: RunningProxy
+) -> None:
+    status, _ = await _post(proxy.url, body)
+    assert status == 200
+    assert upstream.seen[-1].body == body
+    await _still_serving(proxy)
+
+
+async def test_too_deep_to_rewrite_is_a_clear_400(upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    # A stream gets stream_options added, so the body must be written again: orjson stops at 255 levels.
+    body = (
+        b'{"model": "m", "stream": true, "x": '
+        + b"[" * 1000
+        + b"]" * 1000
+        + b', "messages": '
+        + MESSAGES.encode()
+        + b"}"
+    )
+    status, answer = await _post(proxy.url, body)
+    assert status == 400 and "cannot be rewritten" in orjson.loads(answer)["error"]["message"]
+    assert upstream.seen == []
+    await _still_serving(proxy)
+
+
+@contextlib.asynccontextmanager
+async def elsewhere() -> AsyncIterator[tuple[str, list[str]]]:
+    """A server the request asks to be sent to; it must never be contacted."""
+    hits: list[str] = []
+
+    async def record(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        hits.append(request.path)
+        return aiohttp.web.json_response({})
+
+    app = aiohttp.web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    async with serving(app) as url:
+        yield url, hits
+
+
+async def test_api_base_in_the_body_is_never_followed(upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    async with elsewhere() as (url, hits):
+        body = {"model": "m", "messages": orjson.loads(MESSAGES), "api_base": url, "base_url": url + "/v1"}
+        status, _ = await _post(proxy.url, orjson.dumps(body))
+    assert status == 200 and hits == [] and upstream.seen[-1].path == CHAT
+
+
+@pytest.mark.litellm
+async def test_api_base_in_the_body_is_never_followed_through_litellm(upstream: FakeUpstream) -> None:
+    upstreams = Upstreams(
+        by_model={"claude": LiteLLMUpstream("anthropic/claude-x", {"api_key": "sk-ant-test", "api_base": upstream.url})}
+    )
+    async with elsewhere() as (url, hits), running(ProxyConfig(upstreams=upstreams, port=0)) as proxy:
+        body = {
+            "model": "claude",
+            "max_tokens": 20,
+            "messages": orjson.loads(MESSAGES),
+            "api_base": url,
+            "base_url": url,
+            "api_key": "sk-attacker",
+            "custom_llm_provider": "openai",
+        }
+        status, answer = await _post(proxy.url, orjson.dumps(body))
+    assert status == 200, answer
+    assert hits == []
+    sent = upstream.seen[-1]
+    assert sent.path == "/v1/messages" and sent.headers["x-api-key"] == "sk-ant-test"
