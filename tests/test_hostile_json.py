@@ -54,12 +54,11 @@ async def test_refused_with_a_clear_400(body: bytes, upstream: FakeUpstream, pro
     "body",
     [
         b'{"model": "m", "x": ' + b"[" * 1000 + b"]" * 1000 + b', "messages": ' + MESSAGES.encode() + b"}",
-        b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "messages": ' + MESSAGES.encode() + b"}",
         b'{"model": "a", "model": "m", "messages": ' + MESSAGES.encode() + b"}",
         b'{"model": "m", "stream": "true", "messages": ' + MESSAGES.encode() + b"}",
         b'{"model": "m", "messages": ' + MESSAGES.encode() + b', "note": "' + b"x" * (10 * 1024 * 1024) + b'"}',
     ],
-    ids=["nesting-1000", "nesting-100000", "duplicate-keys", "stream-as-string", "10MB-string"],
+    ids=["nesting-1000", "duplicate-keys", "stream-as-string", "10MB-string"],
 )
 async def test_odd_but_valid_bodies_pass_through_byte_for_byte(
     body: bytes, upstream: FakeUpstream, proxy: RunningProxy
@@ -67,6 +66,17 @@ async def test_odd_but_valid_bodies_pass_through_byte_for_byte(
     status, _ = await _post(proxy.url, body)
     assert status == 200
     assert upstream.seen[-1].body == body
+    await _still_serving(proxy)
+
+
+async def test_nesting_100000_deep_is_refused_or_passed_whole(upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    # orjson releases differ: some parse any depth, some stop at 1,024. Either answer is fine; a crash is not.
+    body = b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "messages": ' + MESSAGES.encode() + b"}"
+    status, answer = await _post(proxy.url, body)
+    if status == 400:
+        assert orjson.loads(answer)["error"]["code"] == "invalid_json" and upstream.seen == []
+    else:
+        assert status == 200 and upstream.seen[-1].body == body
     await _still_serving(proxy)
 
 
