@@ -12,8 +12,6 @@ from typing import Any
 
 import orjson
 
-from flywheel.spans import SpanRecord
-
 FEEDBACK_SPAN = "gen_ai.evaluation.result"
 _TRUE = (True, "true", "True", "1", 1)
 
@@ -98,10 +96,6 @@ def from_attributes(
         if attributes.get("flywheel.cost.usd") not in (None, "")
         else None,
     )
-
-
-def from_span(span: SpanRecord) -> CallRecord | FeedbackRecord | None:
-    return from_attributes(span.name, span.attributes, span.start_ns, span.end_ns)
 
 
 def _text(value: Any) -> str | None:

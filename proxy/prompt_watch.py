@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Hashable
-from typing import Any
 
 from flywheel.registry import Registry, RegistryError, Version
 from proxy.metrics import ProxyMetrics
@@ -84,7 +83,7 @@ class PromptWatcher:
     def _load_prompt(self, name: str) -> tuple[ActivePrompt, list[Version]]:
         rollout = self._registry.rollout(name)
         versions = self._registry.versions(name)
-        by_hash: dict[str, Any] = {v.hash: v for v in versions}
+        by_hash = {v.hash: v for v in versions}
         missing = [h for h in (rollout.stable, rollout.canary) if h is not None and h not in by_hash]
         if missing:
             raise RegistryError(f"rollout names version(s) {', '.join(missing)} that are not in the registry")

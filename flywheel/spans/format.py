@@ -149,10 +149,6 @@ class SpanRecord:
     resource: Mapping[str, Any] = field(default_factory=dict)
     links: tuple[tuple[str, str], ...] = ()  # (trace_id, span_id)
 
-    @property
-    def duration_s(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e9
-
 
 def decode_line(line: bytes | str) -> Iterator[SpanRecord]:
     """The spans of one OTLP/JSON line; raises ``ValueError`` on a line that is not one."""
