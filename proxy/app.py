@@ -24,6 +24,7 @@ from proxy.pricing import PriceTable
 from proxy.prompt_watch import PromptWatcher
 from proxy.telemetry import Telemetry, bearer_token
 from proxy.tracing import build_tracer_provider
+from proxy.wire import BodyLimits, read_body
 
 log = logging.getLogger("flywheel.proxy")
 
@@ -84,7 +85,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         await watcher.start()
     session = upstream_session(config)
     app[GATEWAY] = Gateway(
-        config.upstreams, Forwarder(session), LiteLLMBridge(), config.max_body_size, app[TELEMETRY], watcher
+        config.upstreams, Forwarder(session), LiteLLMBridge(), body_limits(config), app[TELEMETRY], watcher
     )
     yield
     await session.close()
@@ -120,8 +121,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(body=_OK, content_type="application/json")
 
 
+def body_limits(config: ProxyConfig) -> BodyLimits:
+    return BodyLimits(config.max_body_size, config.client_timeouts.body)
+
+
 async def feedback(request: web.Request) -> web.Response:
-    parsed = parse_feedback(await request.read())
+    parsed = parse_feedback(await read_body(request, body_limits(request.app[CONFIG])))
     request.app[TELEMETRY].record_feedback(parsed, bearer_token(request.headers))
     return accepted(parsed)
 

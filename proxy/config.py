@@ -34,6 +34,18 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTimeouts:
+    """How long an app's connection may take, as nginx's client timeouts.
+
+    ``idle``: from opening a connection (or the previous answer on it) to a complete
+    request head; then it is closed. ``body``: to receive the request body; 408 after.
+    """
+
+    idle: float = 75.0
+    body: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     upstreams: Upstreams
     registry: Registry | None = None  # None: plain pass-through, no managed prompts
@@ -42,6 +54,7 @@ class ProxyConfig:
     port: int = 4000
     max_body_size: int = 50 * MiB  # OpenAI's own per-request ceiling for image inputs
     timeouts: Timeouts = field(default_factory=Timeouts)
+    client_timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
     drain_timeout: float = 30.0
     max_connections: int = 1024
     capture_content: CaptureContent = CaptureContent.NONE
@@ -87,6 +100,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds the upstream may stay silent (before headers or between chunks); no total cap",
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=75.0,
+        help="seconds a client connection may go without a complete request head (idle or slow headers)",
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds a client may take to send the body (408 after)"
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests and streams"
     )
     parser.add_argument(
@@ -109,6 +131,8 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
     _positive("--read-timeout", args.read_timeout)
     _positive("--max-connections", args.max_connections)
     _positive("--reload-interval", args.reload_interval)
+    _positive("--idle-timeout", args.idle_timeout)
+    _positive("--body-timeout", args.body_timeout)
     try:
         registry = open_registry(args.registry, environ.get("KUBECONFIG"))
     except RegistryError as exc:
@@ -130,6 +154,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
         port=args.port,
         max_body_size=args.max_body_size,
         timeouts=Timeouts(connect=args.connect_timeout, read=args.read_timeout),
+        client_timeouts=ClientTimeouts(idle=args.idle_timeout, body=args.body_timeout),
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
         capture_content=CaptureContent(args.capture_content),

@@ -5,10 +5,12 @@ headers (``Retry-After`` included) pass through unchanged.
 
     ProxyError                      {"error": {"message", "type", "param", "code"}}
     ├── InvalidRequest              400 invalid_request_error
-    │   └── InvalidJSON             400 invalid_request_error / invalid_json
+    │   ├── InvalidJSON             400 invalid_request_error / invalid_json
+    │   └── UnreadableBody          400 invalid_request_error / unreadable_body
     ├── NotFound                    404 invalid_request_error / not_found
     │   └── ModelNotFound           404 invalid_request_error / model_not_found
     ├── MethodNotAllowed            405 invalid_request_error / method_not_allowed
+    ├── RequestTimeout              408 invalid_request_error / request_timeout
     ├── PayloadTooLarge             413 invalid_request_error / payload_too_large
     ├── InternalError               500 server_error
     └── UpstreamFailure             the provider could not be used
@@ -30,6 +32,7 @@ class ProxyError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    close_connection = False  # the rest of the request cannot be trusted on this connection
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -58,6 +61,11 @@ class InvalidJSON(InvalidRequest):
     code = "invalid_json"
 
 
+class UnreadableBody(InvalidRequest):
+    code = "unreadable_body"
+    close_connection = True
+
+
 class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
@@ -72,6 +80,13 @@ class MethodNotAllowed(ProxyError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    close_connection = True
 
 
 class PayloadTooLarge(ProxyError):
@@ -103,12 +118,15 @@ class UpstreamTimeout(UpstreamFailure):
 
 def render(error: ProxyError, headers: Mapping[str, str] | None = None) -> web.Response:
     """The one place an error becomes an HTTP response."""
-    return web.Response(
+    response = web.Response(
         status=error.status,
         body=error.body(),
         content_type="application/json",
         headers=headers,
     )
+    if error.close_connection:
+        response.force_close()
+    return response
 
 
 def from_http_exception(exc: web.HTTPException) -> ProxyError:

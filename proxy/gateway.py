@@ -17,7 +17,7 @@ from proxy.prompt_watch import PromptWatcher
 from proxy.prompts import PROMPT_ENDPOINTS, apply_prompt
 from proxy.telemetry import CallTrace, Telemetry
 from proxy.upstreams import OpenAIUpstream, Upstreams
-from proxy.wire import Call, read_call, request_id
+from proxy.wire import BodyLimits, Call, read_call, request_id
 
 
 class Gateway:
@@ -28,7 +28,7 @@ class Gateway:
         upstreams: Upstreams,
         forwarder: Forwarder,
         bridge: LiteLLMBridge,
-        max_body: int,
+        body_limits: BodyLimits,
         telemetry: Telemetry,
         prompts: PromptWatcher | None = None,
     ) -> None:
@@ -36,7 +36,7 @@ class Gateway:
         self._prompts = prompts
         self._forwarder = forwarder
         self._bridge = bridge
-        self._max_body = max_body
+        self._body_limits = body_limits
         self._telemetry = telemetry
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -44,7 +44,7 @@ class Gateway:
         rid = request_id(request)
         traced: CallTrace | None = None
         try:
-            call = await read_call(request, rid, self._max_body)
+            call = await read_call(request, rid, self._body_limits)
             if call.endpoint == "models" and request.method == "GET" and self._upstreams.default is None:
                 return web.Response(
                     body=self._upstreams.listed_models(), content_type="application/json", headers={"X-Request-Id": rid}

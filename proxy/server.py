@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.app import LIFECYCLE, create_app
 from proxy.config import ConfigError, ProxyConfig, from_args
+from proxy.listener import listen
 
 log = logging.getLogger("flywheel.proxy")
 
@@ -38,13 +39,15 @@ async def running(config: ProxyConfig, tracer_provider: TracerProvider | None = 
         handle_signals=False,
     )
     await runner.setup()
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
-        await site.start()
-        host, port = runner.addresses[0][:2]
+        listener = await listen(runner, config.host, config.port, config.client_timeouts.idle)
+        host, port = listener.sockets[0].getsockname()[:2]
         yield RunningProxy(app, f"http://{_url_host(host)}:{port}")
     finally:
         app[LIFECYCLE].draining = True
+        if listener is not None:
+            listener.close()  # stop accepting; open connections are drained below
         # Stops listening, closes idle keep-alive connections, waits up to
         # drain_timeout for in-flight requests and streams, then cancels the rest.
         await runner.cleanup()

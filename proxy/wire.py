@@ -6,6 +6,7 @@ through unchanged is sent upstream exactly as the app sent it (no JSON round-tri
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Mapping
@@ -15,9 +16,10 @@ from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
+from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, RequestTimeout, UnreadableBody
 from proxy.observation import Outcome
 
 # Endpoints whose request body is a JSON object with `model` (and maybe `stream`).
@@ -38,6 +40,7 @@ _REQUEST_DROP = frozenset(
         "host",
         "content-length",
         "accept-encoding",  # the proxy decompresses and sends plain bodies on loopback
+        "content-encoding",  # aiohttp has already decompressed the app's gzip/deflate body
         "expect",
         "x-request-id",  # ours; the provider gets no say in it
     )
@@ -102,13 +105,21 @@ def request_id(request: web.Request) -> str:
     return "req_" + os.urandom(12).hex()
 
 
-async def read_call(request: web.Request, request_id: str, max_body: int) -> Call:
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """How big a request body may be, and how long the app may take to send it."""
+
+    max_size: int
+    timeout: float
+
+
+async def read_call(request: web.Request, request_id: str, limits: BodyLimits) -> Call:
     """Parse the app's request; raises :class:`InvalidRequest` / :class:`PayloadTooLarge`."""
     raw_path = request.raw_path
     path_qs = raw_path[3:]  # route guarantees the "/v1/" prefix
     endpoint = request.match_info["tail"].strip("/")
     _refuse_dot_segments(path_qs.partition("?")[0])
-    raw = await _read_body(request, max_body)
+    raw = await read_body(request, limits)
     body: dict[str, Any] | None = None
     model: str | None = None
     stream = False
@@ -117,12 +128,15 @@ async def read_call(request: web.Request, request_id: str, max_body: int) -> Cal
         found = body.get("model")
         model = found if isinstance(found, str) else None
         stream = body.get("stream") is True
+    headers = upstream_headers(request.headers)
+    if body is not None:  # known to be a JSON object whatever the app labelled it (curl -d says form)
+        headers["Content-Type"] = "application/json"
     return Call(
         request_id=request_id,
         method=request.method,
         endpoint=endpoint,
         path_qs=path_qs,
-        headers=upstream_headers(request.headers),
+        headers=headers,
         raw=raw,
         body=body,
         model=model,
@@ -152,18 +166,27 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-async def _read_body(request: web.Request, max_body: int) -> bytes:
+async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
+    """The whole body; :class:`PayloadTooLarge` over the limit, :class:`RequestTimeout` if too slow."""
     if not request.body_exists:
         return b""
     length = request.content_length
-    if length is not None and length > max_body:
-        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {max_body} bytes.")
+    if length is not None and length > limits.max_size:
+        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limits.max_size} bytes.")
     try:
-        # aiohttp enforces client_max_size (= max_body) while reading, so a chunked
-        # body that grows past the limit is refused without being buffered whole.
-        return await request.read()
+        # aiohttp enforces client_max_size (= max_size) while reading, decompressed
+        # size included, so a chunked or gzip body that grows past the limit is
+        # refused without being buffered whole.
+        async with asyncio.timeout(limits.timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"Request body exceeds the limit of {max_body} bytes.") from exc
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limits.max_size} bytes.") from exc
+    except RequestPayloadError as exc:  # e.g. "Content-Encoding: gzip" on a body that is not
+        request.content.feed_eof()  # unreadable: keep aiohttp from reading it again after the answer
+        raise UnreadableBody("The request body could not be decoded (check Content-Encoding).") from exc
+    except TimeoutError as exc:
+        # aiohttp sends the 408, then reads what is left for up to 10 s and closes.
+        raise RequestTimeout(f"The request body was not received within {limits.timeout:g} seconds.") from exc
 
 
 def upstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
