@@ -65,6 +65,10 @@ class Outcome:
         """Take in one stream event; True when it is a usage-only chunk."""
         if self.endpoint == "responses":
             kind = event.get("type")
+            if kind == "error":  # the Responses API's in-stream error event
+                self._stream_error(event)
+            if kind == "response.failed" and isinstance(event.get("response"), dict):
+                self._stream_error(event["response"].get("error"))
             if kind in _RESPONSE_DONE and isinstance(event.get("response"), dict):
                 self._ids(event["response"])
                 self._usage(event["response"].get("usage"))
@@ -72,6 +76,9 @@ class Outcome:
                 self.completed = True
             elif kind == "response.created" and isinstance(event.get("response"), dict):
                 self._ids(event["response"])
+            return False
+        if "error" in event:  # a provider error sent inside a 200 stream
+            self._stream_error(event["error"])
             return False
         self._ids(event)
         choices = _list(event.get("choices"))
@@ -85,6 +92,13 @@ class Outcome:
         usage = event.get("usage")
         self._usage(usage)
         return not choices and isinstance(usage, dict)
+
+    def _stream_error(self, error: Any) -> None:
+        found = None
+        if isinstance(error, dict):
+            found = error.get("type") or error.get("code")
+        # A short, provider-chosen word (server_error, rate_limit_exceeded), never the message.
+        self.error_type = found[:64] if isinstance(found, str) and found else "stream_error"
 
     def output_text(self, index: int = 0) -> str:
         return "".join(self.texts.get(index, ()))
@@ -205,8 +219,8 @@ class EventScanner:
 
 _SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 # What an event must contain to be worth parsing once the ids are known (one C-level scan).
-_CHUNK_MARKERS = re.compile(rb'\[DONE\]|"usage": ?\{|"finish_reason": ?"')
-_RESPONSE_MARKERS = re.compile(rb"response\.(?:completed|incomplete|failed)")
+_CHUNK_MARKERS = re.compile(rb'\[DONE\]|"usage": ?\{|"finish_reason": ?"|"error": ?\{')
+_RESPONSE_MARKERS = re.compile(rb'response\.(?:completed|incomplete|failed)|"type": ?"error"')
 
 
 def _markers(endpoint: str) -> re.Pattern[bytes]:

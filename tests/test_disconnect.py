@@ -1,4 +1,6 @@
-"""A client that goes away cancels the upstream call, in every window, and the proxy keeps serving."""
+"""A client that goes away cancels the upstream call, in every window, and the proxy keeps
+serving with nothing left in flight; more concurrent calls than the upstream pool holds queue
+and all complete."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.app import METRICS
 from proxy.server import RunningProxy
+from tests.conftest import proxy_for
 from tests.fake_upstream import HANG, FakeUpstream, Reply, sse
+from tests.leaks import settled, task_count
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -28,18 +33,21 @@ async def _abandon(proxy: RunningProxy, upstream: FakeUpstream, body: dict[str, 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream-before-headers", "non-streaming"])
 async def test_disconnect_while_upstream_thinks(stream: bool, upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    baseline = task_count()
     upstream.script(CHAT, Reply(before=[HANG]))
     await _abandon(proxy, upstream, {**BODY, "stream": stream})
-    await _still_serving(proxy)
+    await _still_serving(proxy, baseline)
 
 
 async def test_disconnect_while_json_body_pending(upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    baseline = task_count()
     upstream.script(CHAT, Reply(body=[b'{"id":', HANG]))  # headers sent, body not finished
     await _abandon(proxy, upstream, BODY)
-    await _still_serving(proxy)
+    await _still_serving(proxy, baseline)
 
 
 async def test_disconnect_mid_stream(upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    baseline = task_count()
     upstream.script(CHAT, Reply(content_type="text/event-stream", body=[sse({"n": 1}, done=False)[0], HANG]))
     async with aiohttp.ClientSession() as session:
         response = await session.post(proxy.url + CHAT, json={**BODY, "stream": True})
@@ -47,7 +55,7 @@ async def test_disconnect_mid_stream(upstream: FakeUpstream, proxy: RunningProxy
         seen = upstream.seen[-1]
         response.close()  # drop the connection mid-stream
     await asyncio.wait_for(seen.closed.wait(), 5)
-    await _still_serving(proxy)
+    await _still_serving(proxy, baseline)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +66,33 @@ def no_error_logged(caplog: pytest.LogCaptureFixture) -> Any:
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def _still_serving(proxy: RunningProxy) -> None:
+async def test_twice_the_pool_limit_queues_and_completes(upstream: FakeUpstream) -> None:
+    gate = asyncio.Event()
+    upstream.script(CHAT, *(Reply(before=[gate]) for _ in range(8)))
+    async with proxy_for(upstream, max_connections=4) as proxy:
+        async with aiohttp.ClientSession() as session:
+
+            async def call(stream: bool) -> int:
+                async with session.post(proxy.url + CHAT, json={**BODY, "stream": stream}) as r:
+                    await r.read()
+                    return r.status
+
+            calls = [asyncio.create_task(call(i % 2 == 0)) for i in range(8)]
+            for _ in range(4):
+                await upstream.next_request()
+            assert len(upstream.seen) == 4  # the pool is full: the other four wait for a connection
+            assert proxy.app[METRICS].in_flight == 8
+            gate.set()
+            assert await asyncio.gather(*calls) == [200] * 8
+        assert len(upstream.seen) == 8
+        await settled(proxy, task_count() + 4)  # at most the four pooled upstream connections' tasks
+        assert proxy.app[METRICS].in_flight == 0
+
+
+async def _still_serving(proxy: RunningProxy, baseline: int) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(proxy.url + CHAT, json=BODY) as r:
             assert r.status == 200
+    # Nothing of the abandoned call is left: no call in flight, no task beyond the
+    # pooled upstream connection's (one on the fake's side).
+    await settled(proxy, baseline + 1)
