@@ -81,6 +81,10 @@ class FakeUpstream:
         """Answer the next requests to ``path`` (e.g. "/v1/chat/completions") with these."""
         self._scripts[path].extend(replies)
 
+    def unscript(self, path: str) -> None:
+        """Forget the replies scripted for ``path`` that no request used."""
+        self._scripts[path].clear()
+
     async def next_request(self, timeout: float = 10) -> Seen:
         return await asyncio.wait_for(self._arrivals.get(), timeout)
 
