@@ -21,6 +21,7 @@ from proxy.gateway import Gateway
 from proxy.litellm_bridge import LiteLLMBridge
 from proxy.metrics import ProxyMetrics
 from proxy.pricing import PriceTable
+from proxy.recent_calls import RecentCalls
 from proxy.prompt_watch import PromptWatcher
 from proxy.telemetry import Telemetry, bearer_token
 from proxy.tracing import build_tracer_provider
@@ -70,7 +71,11 @@ async def _telemetry(app: web.Application, provider: TracerProvider, own: bool) 
     config = app[CONFIG]
     prices = await asyncio.to_thread(PriceTable.from_litellm)  # a 2 MB JSON file, read once
     app[TELEMETRY] = Telemetry(
-        provider, app[METRICS], prices, ContentRecorder(config.capture_content, config.secrets())
+        provider,
+        app[METRICS],
+        prices,
+        ContentRecorder(config.capture_content, config.secrets()),
+        RecentCalls(config.remember_calls),
     )
     yield
     # Flush what is queued; the SDK's export runs in its own thread, not on the loop.

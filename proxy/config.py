@@ -11,6 +11,7 @@ from yarl import URL
 
 from flywheel.registry import Registry, RegistryError, open_registry
 from proxy.content import CaptureContent
+from proxy.recent_calls import DEFAULT_CAPACITY
 from proxy.tracing import Export
 from proxy.upstreams import LiteLLMUpstream, Upstreams, load_upstreams
 
@@ -58,6 +59,7 @@ class ProxyConfig:
     drain_timeout: float = 30.0
     max_connections: int = 1024
     capture_content: CaptureContent = CaptureContent.NONE
+    remember_calls: int = DEFAULT_CAPACITY  # recent calls feedback can join (trace parent, version labels)
     export: Export = field(default_factory=Export)  # where spans go
 
     def secrets(self) -> tuple[str, ...]:
@@ -88,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[mode.value for mode in CaptureContent],
         default="none",
         help="record message content on spans: none, redacted (secrets, emails, cards masked) or full",
+    )
+    parser.add_argument(
+        "--remember-calls",
+        type=int,
+        default=DEFAULT_CAPACITY,
+        help="recent calls feedback is linked to (trace and version labels); ~300 bytes each",
     )
     parser.add_argument(
         "--max-body-size", type=int, default=50 * MiB, help="largest accepted request body in bytes (413 above)"
@@ -137,6 +145,8 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
         registry = open_registry(args.registry, environ.get("KUBECONFIG"))
     except RegistryError as exc:
         raise ConfigError(f"--registry {args.registry}: {exc}") from exc
+    if args.remember_calls < 0:
+        raise ConfigError("--remember-calls must be >= 0")
     if args.drain_timeout < 0:
         raise ConfigError("--drain-timeout must be >= 0")
     if not 0 <= args.port <= 65535:
@@ -158,6 +168,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
         capture_content=CaptureContent(args.capture_content),
+        remember_calls=args.remember_calls,
         export=export,
     )
 

@@ -8,7 +8,6 @@ the app. The app's ``traceparent`` is the span's parent; the span is the provide
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.observation import Outcome
 from proxy.pricing import PriceTable
 from proxy.prompts import Applied
+from proxy.recent_calls import RecentCalls, Served
 from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
 from proxy.wire import Call
 
@@ -56,17 +56,6 @@ _LITELLM_PROVIDERS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Served:
-    """What feedback needs to know about a call it refers to."""
-
-    context: SpanContext
-    prompt: str
-    version: str
-    arm: str
-    response_id: str | None
-
-
 class Telemetry:
     def __init__(
         self,
@@ -74,7 +63,7 @@ class Telemetry:
         metrics: ProxyMetrics,
         prices: PriceTable,
         content: ContentRecorder,
-        remember: int = 100_000,
+        recent: RecentCalls | None = None,
     ) -> None:
         self.provider = provider
         self.metrics = metrics
@@ -82,8 +71,7 @@ class Telemetry:
         self.content = content
         self._tracer = provider.get_tracer("flywheel.proxy")
         self._propagator = TraceContextTextMapPropagator()
-        self._served: OrderedDict[str, Served] = OrderedDict()
-        self._remember = remember
+        self._recent = recent if recent is not None else RecentCalls()
         self._validators: dict[str, Any] = {}
         self._upstreams: dict[int, dict[str, Any]] = {}  # upstreams live as long as the config
 
@@ -113,16 +101,14 @@ class Telemetry:
         return found
 
     def remember(self, request_id: str, served: Served) -> None:
-        self._served[request_id] = served
-        if len(self._served) > self._remember:
-            self._served.popitem(last=False)
+        self._recent.remember(request_id, served)
 
     def served(self, request_id: str) -> Served | None:
-        return self._served.get(request_id)
+        return self._recent.get(request_id)
 
     def record_feedback(self, feedback: Feedback, credential: str | None = None) -> None:
         """A ``gen_ai.evaluation.result`` span in the call's trace (when this proxy served it)."""
-        served = self._served.get(feedback.request_id)
+        served = self._recent.get(feedback.request_id)
         attributes: dict[str, Any] = {
             sc.EVALUATION_NAME: "user_feedback",
             sc.EVALUATION_SCORE_VALUE: feedback.score,
