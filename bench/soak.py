@@ -8,8 +8,9 @@ to ``--spans-file`` with rotation at 50 MB, so rotation happens during the run.
 
 Recorded every 10 s: proxy RSS, calls, failures, dropped spans. Warm-up is the first
 3 minutes: by then the table that links feedback to recent calls (``--remember-calls``,
-20,000 calls) is full, and RSS should stay flat after it. At the end the proxy is stopped (SIGTERM, drain) and every span file is read back with the
-optimizer's reader: each call and each feedback must have its span.
+20,000 calls) is full, and RSS should stay flat after it. At the end the proxy is
+stopped (SIGTERM, drain) and every span file is read back with the optimizer's reader:
+each call and each feedback must have its span.
 
     python -m bench.soak --minutes 10 --rate 150 --out bench/results
 """
