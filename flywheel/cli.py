@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import deploy.cli
+import flywheel.demo.cli
 import flywheel.registry.cli
 import optimizer.cli
 import proxy.config
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     flywheel.registry.cli.add_commands(commands)
     optimizer.cli.add_command(commands)
     deploy.cli.add_command(commands)
+    flywheel.demo.cli.add_command(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""``flywheel demo``: the whole loop on loopback against a simulated provider."""
