@@ -189,7 +189,9 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     step = max(1, len(r["samples"]) // 12)
     for s in r["samples"][::step] + ([r["samples"][-1]] if (len(r["samples"]) - 1) % step else []):
-        lines.append(f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['calls']:,} | {s['failures']} | {s['dropped_spans']:g} |")
+        lines.append(
+            f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['calls']:,} | {s['failures']} | {s['dropped_spans']:g} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,6 @@ from functools import partial
 
 import aiohttp
 from aiohttp import web
-from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import ProxyConfig
 from proxy.content import ContentRecorder
@@ -21,10 +20,10 @@ from proxy.gateway import Gateway
 from proxy.litellm_bridge import LiteLLMBridge
 from proxy.metrics import ProxyMetrics
 from proxy.pricing import PriceTable
-from proxy.recent_calls import RecentCalls
 from proxy.prompt_watch import PromptWatcher
+from proxy.recent_calls import RecentCalls
 from proxy.telemetry import Telemetry, bearer_token
-from proxy.tracing import build_tracer_provider
+from proxy.tracing import Tracing, build_tracing
 from proxy.wire import BodyLimits, read_body
 
 log = logging.getLogger("flywheel.proxy")
@@ -48,16 +47,15 @@ _OK = b'{"status":"ok"}'
 _DRAINING = b'{"status":"draining"}'
 
 
-def create_app(config: ProxyConfig, tracer_provider: TracerProvider | None = None) -> web.Application:
-    """The proxy app; spans go to ``tracer_provider`` when given (tests), else where config says."""
+def create_app(config: ProxyConfig, tracing: Tracing | None = None) -> web.Application:
+    """The proxy app; spans go to ``tracing`` when given (tests), else where config says."""
     app = web.Application(client_max_size=config.max_body_size, middlewares=[openai_errors])
     app[CONFIG] = config
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = metrics_ = ProxyMetrics()
-    own = tracer_provider is None
-    provider = build_tracer_provider(config.export, metrics_.spans_dropped) if own else tracer_provider
-    assert provider is not None
-    app.cleanup_ctx.append(partial(_telemetry, provider=provider, own=own))
+    own = tracing is None
+    tracing = build_tracing(config.export, metrics_.spans_dropped) if tracing is None else tracing
+    app.cleanup_ctx.append(partial(_telemetry, tracing=tracing, own=own))
     app.cleanup_ctx.append(_gateway)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -67,11 +65,11 @@ def create_app(config: ProxyConfig, tracer_provider: TracerProvider | None = Non
     return app
 
 
-async def _telemetry(app: web.Application, provider: TracerProvider, own: bool) -> AsyncIterator[None]:
+async def _telemetry(app: web.Application, tracing: Tracing, own: bool) -> AsyncIterator[None]:
     config = app[CONFIG]
     prices = await asyncio.to_thread(PriceTable.from_litellm)  # a 2 MB JSON file, read once
     app[TELEMETRY] = Telemetry(
-        provider,
+        tracing,
         app[METRICS],
         prices,
         ContentRecorder(config.capture_content, config.secrets()),
@@ -79,6 +77,7 @@ async def _telemetry(app: web.Application, provider: TracerProvider, own: bool) 
     )
     yield
     # Flush what is queued; the SDK's export runs in its own thread, not on the loop.
+    provider = tracing.provider
     await asyncio.to_thread(provider.shutdown if own else provider.force_flush)
 
 

@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
-from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.app import LIFECYCLE, create_app
 from proxy.config import ConfigError, ProxyConfig, from_args
 from proxy.listener import listen
+from proxy.tracing import Tracing
 
 log = logging.getLogger("flywheel.proxy")
 
@@ -28,9 +28,9 @@ class RunningProxy:
 
 
 @asynccontextmanager
-async def running(config: ProxyConfig, tracer_provider: TracerProvider | None = None) -> AsyncIterator[RunningProxy]:
+async def running(config: ProxyConfig, tracing: Tracing | None = None) -> AsyncIterator[RunningProxy]:
     """The proxy listening on ``config.host:config.port``; leaving drains and stops it."""
-    app = create_app(config, tracer_provider)
+    app = create_app(config, tracing)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that disconnects cancels the upstream call

@@ -8,15 +8,13 @@ the app. The app's ``traceparent`` is the span's parent; the span is the provide
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 import orjson
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
@@ -29,6 +27,7 @@ from proxy.observation import Outcome
 from proxy.pricing import PriceTable
 from proxy.prompts import Applied
 from proxy.recent_calls import RecentCalls, Served
+from proxy.tracing import SCOPE, CallSpans, OpenSpan, Tracing
 from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
 from proxy.wire import Call
 
@@ -59,17 +58,18 @@ _LITELLM_PROVIDERS = {
 class Telemetry:
     def __init__(
         self,
-        provider: TracerProvider,
+        tracing: Tracing,
         metrics: ProxyMetrics,
         prices: PriceTable,
         content: ContentRecorder,
         recent: RecentCalls | None = None,
     ) -> None:
-        self.provider = provider
+        self.provider = tracing.provider
+        self.call_spans = CallSpans(tracing)
         self.metrics = metrics
         self.prices = prices
         self.content = content
-        self._tracer = provider.get_tracer("flywheel.proxy")
+        self._tracer = tracing.provider.get_tracer(SCOPE.name)  # feedback spans: few, through the SDK's Span
         self._propagator = TraceContextTextMapPropagator()
         self._recent = recent if recent is not None else RecentCalls()
         self._validators: dict[str, Any] = {}
@@ -80,15 +80,13 @@ class Telemetry:
         operation = OPERATIONS.get(call.endpoint)
         if operation is None or call.body is None:
             return None
-        parent = self._propagator.extract(headers) if "traceparent" in headers else None
-        span = self._tracer.start_span(
-            f"{operation} {call.model or ''}".rstrip(),
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes={sc.OPERATION_NAME: operation, sc.REQUEST_ID: call.request_id, sc.REQUEST_STREAM: call.stream},
-            start_time=time.time_ns() - int((time.perf_counter() - started) * 1e9),
-        )
-        self._propagator.inject(call.headers, context=trace.set_span_in_context(span))
+        span: OpenSpan | None = None
+        if self.call_spans.enabled:
+            parent = self._propagator.extract(headers) if "traceparent" in headers else None
+            name = f"{operation} {call.model or ''}".rstrip()
+            span = self.call_spans.start(parent, name, time.time_ns() - int((time.perf_counter() - started) * 1e9))
+            context = trace.set_span_in_context(trace.NonRecordingSpan(span.context))
+            self._propagator.inject(call.headers, context=context)
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight += 1
         return CallTrace(self, call, span, operation, started, bearer_token(headers))
@@ -153,7 +151,13 @@ class CallTrace:
     """The span and labels of one call, finished once the answer is out."""
 
     def __init__(
-        self, telemetry: Telemetry, call: Call, span: trace.Span, operation: str, started: float, credential: str | None
+        self,
+        telemetry: Telemetry,
+        call: Call,
+        span: OpenSpan | None,
+        operation: str,
+        started: float,
+        credential: str | None,
     ) -> None:
         self._t = telemetry
         self._call = call
@@ -164,7 +168,13 @@ class CallTrace:
         self._applied: Applied | None = None
         self._status: int | None = None
         self._error: str | None = None
-        self._attributes: dict[str, Any] = {}  # set on the span in one call, at the end
+        self._name = f"{operation} {call.model or ''}".rstrip()
+        # The span's attributes, all set at the end.
+        self._attributes: dict[str, Any] = {
+            sc.OPERATION_NAME: operation,
+            sc.REQUEST_ID: call.request_id,
+            sc.REQUEST_STREAM: call.stream,
+        }
 
     def prompt_applied(self, applied: Applied | None) -> None:
         self._applied = applied
@@ -179,7 +189,7 @@ class CallTrace:
     def routed(self, upstream: Upstream) -> None:
         call = self._call
         if call.model:
-            self._span.update_name(f"{self._operation} {call.model}")
+            self._name = f"{self._operation} {call.model}"
         self._attributes.update(self._t.upstream_attributes(upstream))
 
     def failed(self, status: int, error_type: str) -> None:
@@ -207,15 +217,14 @@ class CallTrace:
             self._content(attributes, outcome)
         if error is not None:
             attributes[sc.ERROR_TYPE] = error
-            span.set_status(Status(StatusCode.ERROR))
-        span.set_attributes(attributes)
-        span.end()
         self._metrics(status, error, ended, cost, valid, outcome)
+        if span is not None:
+            t.call_spans.end(span, self._name, attributes, error is not None)
         applied = self._applied
         t.remember(
             call.request_id,
             Served(
-                span.get_span_context(),
+                span.context if span is not None else trace.INVALID_SPAN_CONTEXT,
                 applied.name if applied else "",
                 applied.version.hash if applied else "",
                 applied.arm.value if applied else "",
@@ -243,7 +252,9 @@ class CallTrace:
         if outcome.response_id:
             attributes[sc.RESPONSE_ID] = outcome.response_id
         if outcome.finish_reasons:
-            attributes[sc.RESPONSE_FINISH_REASONS] = [outcome.finish_reasons[i] for i in sorted(outcome.finish_reasons)]
+            attributes[sc.RESPONSE_FINISH_REASONS] = tuple(
+                outcome.finish_reasons[i] for i in sorted(outcome.finish_reasons)
+            )
         if outcome.input_tokens is not None:
             attributes[sc.USAGE_INPUT_TOKENS] = outcome.input_tokens
         if outcome.output_tokens is not None:

@@ -7,14 +7,19 @@ was full or an export failed are counted in ``flywheel_spans_dropped_total``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter
 
 from flywheel.spans import SpansFileExporter
@@ -53,14 +58,88 @@ class Export:
         )
 
 
-def build_tracer_provider(export: Export, dropped: Counter) -> TracerProvider:
-    # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": export.service_name} if export.service_name else {})
-    )
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """The SDK objects the proxy records with: the provider (feedback spans, flush,
+    shutdown, ids, sampler, resource) and the processor registered with it, to which
+    call spans are handed whole (see :class:`CallSpans`)."""
+
+    provider: TracerProvider
+    processor: SpanProcessor
+
+    @classmethod
+    def around(cls, processor: SpanProcessor, resource: Resource | None = None) -> Tracing:
+        provider = TracerProvider(resource=resource) if resource is not None else TracerProvider()
+        provider.add_span_processor(processor)
+        return cls(provider, processor)
+
+
+def build_tracing(export: Export, dropped: Counter) -> Tracing:
+    processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
     for exporter in _exporters(export):
-        provider.add_span_processor(CountingBatchProcessor(exporter, dropped, export.queue_size))
-    return provider
+        processor.add_span_processor(CountingBatchProcessor(exporter, dropped, export.queue_size))
+    # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
+    resource = Resource.create({"service.name": export.service_name} if export.service_name else {})
+    return Tracing.around(processor, resource)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSpan:
+    context: SpanContext
+    parent: SpanContext | None
+    start_ns: int
+
+
+class CallSpans:
+    """Call spans assembled once, when the call is over, as the SDK's ``ReadableSpan``
+    and handed to the provider's processors (batching, OTLP, the spans file) — what
+    ``Span.end()`` does, minus the mutable ``Span``: its lock, per-attribute validation
+    and renames cost 37 µs a call in a microbenchmark against 4 µs for this, and the
+    proxy knows a call's attributes only at its end anyway. Ids, the sampler (``OTEL_
+    TRACES_SAMPLER``) and the resource are the provider's; ``OTEL_SDK_DISABLED`` is honoured.
+    """
+
+    def __init__(self, tracing: Tracing) -> None:
+        provider = tracing.provider
+        self.enabled = not isinstance(provider.get_tracer(SCOPE.name), trace.NoOpTracer)
+        self._ids = provider.id_generator
+        self._sampler = provider.sampler
+        self._resource = provider.resource
+        self._processor = tracing.processor
+
+    def start(self, parent: Context | None, name: str, start_ns: int) -> OpenSpan:
+        parent_span = trace.get_current_span(parent).get_span_context() if parent is not None else None
+        if parent_span is not None and not parent_span.is_valid:
+            parent_span = None
+        trace_id = parent_span.trace_id if parent_span is not None else self._ids.generate_trace_id()
+        sampling = self._sampler.should_sample(parent, trace_id, name, SpanKind.CLIENT)
+        sampled = sampling.decision.is_sampled()  # type: ignore[no-untyped-call]
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, sampling.trace_state)
+        return OpenSpan(context, parent_span, start_ns)
+
+    def end(self, span: OpenSpan, name: str, attributes: dict[str, Any], error: bool) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        self._processor.on_end(
+            ReadableSpan(
+                name,
+                span.context,
+                span.parent,
+                self._resource,
+                attributes,
+                kind=SpanKind.CLIENT,
+                status=_ERROR if error else _UNSET,
+                start_time=span.start_ns,
+                end_time=time.time_ns(),
+                instrumentation_scope=SCOPE,
+            )
+        )
+
+
+SCOPE = InstrumentationScope("flywheel.proxy")
+_ERROR = Status(StatusCode.ERROR)
+_UNSET = Status(StatusCode.UNSET)
 
 
 def _exporters(export: Export) -> list[SpanExporter]:

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from proxy.server import RunningProxy, running
+from proxy.tracing import Tracing
 from tests.conftest import config_for
 from tests.fake_upstream import FakeUpstream
 
@@ -59,7 +60,6 @@ class Traced:
 @contextlib.asynccontextmanager
 async def traced_proxy(upstream: FakeUpstream, **overrides: Any) -> AsyncIterator[Traced]:
     collector = SpanCollector()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(collector))
-    async with running(config_for(upstream.url, **overrides), provider) as proxy:
-        yield Traced(proxy, collector, provider)
+    tracing = Tracing.around(SimpleSpanProcessor(collector))
+    async with running(config_for(upstream.url, **overrides), tracing) as proxy:
+        yield Traced(proxy, collector, tracing.provider)

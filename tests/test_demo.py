@@ -13,8 +13,8 @@ import pytest
 
 from flywheel.demo.loop import Demo, DemoConfig
 from flywheel.demo.narration import PlainNarrator
-from flywheel.demo.simulation import TASK_MODEL, SimulatedProvider
 from flywheel.demo.report import write_chart, write_markdown
+from flywheel.demo.simulation import TASK_MODEL, SimulatedProvider
 from flywheel.registry import open_registry
 from tests.processes import run_flywheel
 

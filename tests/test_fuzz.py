@@ -89,7 +89,9 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
     headers=prompt_headers,
     path=st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/completions"]),
 )
-def test_rewriting_is_exact_or_refused(managed: Background, body: dict[str, Any], headers: dict[str, str], path: str) -> None:
+def test_rewriting_is_exact_or_refused(
+    managed: Background, body: dict[str, Any], headers: dict[str, str], path: str
+) -> None:
     raw = json.dumps(body).encode()  # big integers and lone surrogates included
     _check(managed, path, raw, headers, body)
 

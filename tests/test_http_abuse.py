@@ -52,7 +52,7 @@ def logs_stay_clean(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
 MALFORMED = {
     "te-and-cl": (head(b"Transfer-Encoding: chunked\r\n") + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n", 400),
     "two-content-lengths": (head(b"Content-Length: 5\r\n") + BODY, 400),
-    "cl-not-a-number": (head(length=None) .replace(b"\r\n\r\n", b"\r\nContent-Length: 12a\r\n\r\n") + BODY, 400),
+    "cl-not-a-number": (head(length=None).replace(b"\r\n\r\n", b"\r\nContent-Length: 12a\r\n\r\n") + BODY, 400),
     "negative-cl": (head(length=None).replace(b"\r\n\r\n", b"\r\nContent-Length: -1\r\n\r\n") + BODY, 400),
     "cr-in-header-value": (head(b"X-Prompt-Key: a\rInjected: " + API_KEY.encode() + b"\r\n") + BODY, 400),
     "lf-in-header-value": (head(b"X-Prompt-Key: a\nInjected: " + API_KEY.encode() + b"\r\n") + BODY, 400),

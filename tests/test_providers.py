@@ -12,12 +12,12 @@ from pathlib import Path
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from proxy.config import ProxyConfig
 from proxy.errors import ModelNotFound
 from proxy.server import RunningProxy, running
+from proxy.tracing import Tracing
 from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstreams, load_upstreams
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream, Reply
@@ -72,11 +72,8 @@ async def model_list_proxy(upstream: FakeUpstream, spans: SpanCollector | None =
             "renamed": OpenAIUpstream(upstream.url + "/v1", "sk-openai-entry", "gpt-real-name"),
         }
     )
-    provider = None
-    if spans is not None:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(spans))
-    async with running(ProxyConfig(upstreams=upstreams, port=0), provider) as proxy:
+    tracing = Tracing.around(SimpleSpanProcessor(spans)) if spans is not None else None
+    async with running(ProxyConfig(upstreams=upstreams, port=0), tracing) as proxy:
         yield proxy
 
 

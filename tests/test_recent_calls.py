@@ -10,7 +10,13 @@ from proxy.recent_calls import RecentCalls, Served
 
 
 def _served(i: int) -> Served:
-    return Served(SpanContext(2**127 + i, 2**63 + i, False, TraceFlags(1)), "support", "abc123def456", "canary", f"chatcmpl-{i:020d}")
+    return Served(
+        SpanContext(2**127 + i, 2**63 + i, False, TraceFlags(1)),
+        "support",
+        "abc123def456",
+        "canary",
+        f"chatcmpl-{i:020d}",
+    )
 
 
 def test_keeps_the_newest_calls_only() -> None:
@@ -35,7 +41,7 @@ def test_memory_per_call_stays_small() -> None:
     served = [_served(i) for i in range(20_000)]
     tracemalloc.start()
     try:
-        for request_id, one in zip(ids, served):
+        for request_id, one in zip(ids, served, strict=True):
             recent.remember(request_id, one)
         used = tracemalloc.get_traced_memory()[0]
     finally:

@@ -27,7 +27,12 @@ from tests.spans import Traced, traced_proxy
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-CHUNK = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+CHUNK = {
+    "id": "c",
+    "object": "chat.completion.chunk",
+    "model": "m",
+    "choices": [{"index": 0, "delta": {"content": "hi"}}],
+}
 
 
 @pytest.fixture
@@ -110,7 +115,8 @@ async def test_odd_answers_pass_through_as_sent(reply: Reply, upstream: FakeUpst
 async def test_gzip_json_answer_reaches_the_app_plain_and_is_read(upstream: FakeUpstream, traced: Traced) -> None:
     answer = chat_completion(BODY)
     upstream.script(
-        CHAT, Reply(headers={"Content-Encoding": "gzip"}, body=[gzip.compress(orjson.dumps(answer))], content_length=True)
+        CHAT,
+        Reply(headers={"Content-Encoding": "gzip"}, body=[gzip.compress(orjson.dumps(answer))], content_length=True),
     )
     async with openai.AsyncOpenAI(base_url=traced.url + "/v1", api_key=API_KEY, max_retries=0) as client:
         completion = await client.chat.completions.create(model="m", messages=BODY["messages"])
@@ -123,7 +129,8 @@ async def test_gzip_json_answer_reaches_the_app_plain_and_is_read(upstream: Fake
 async def test_gzip_stream_reaches_the_app_plain(upstream: FakeUpstream, traced: Traced) -> None:
     packed = gzip.compress(b"".join(sse(CHUNK, CHUNK)))
     upstream.script(
-        CHAT, Reply(content_type="text/event-stream", headers={"Content-Encoding": "gzip"}, body=[packed[:20], packed[20:]])
+        CHAT,
+        Reply(content_type="text/event-stream", headers={"Content-Encoding": "gzip"}, body=[packed[:20], packed[20:]]),
     )
     async with openai.AsyncOpenAI(base_url=traced.url + "/v1", api_key=API_KEY, max_retries=0) as client:
         stream = await client.chat.completions.create(model="m", messages=BODY["messages"], stream=True)

@@ -18,7 +18,9 @@ def add_command(commands: Any) -> None:
     )
     parser.add_argument("--upstream", help="run against a real OpenAI-compatible provider instead (base URL)")
     parser.add_argument("--model", help="the model to use with --upstream (task and optimizer)")
-    parser.add_argument("--out", type=Path, help="where to keep the registry, spans and reports (default: a new temp dir)")
+    parser.add_argument(
+        "--out", type=Path, help="where to keep the registry, spans and reports (default: a new temp dir)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every call count (0.3 for a quick look)")
     parser.add_argument("--plain", action="store_true", help="plain lines instead of the live display")
     parser.set_defaults(run=command)

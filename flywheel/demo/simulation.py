@@ -147,7 +147,9 @@ def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
 async def _stream(request: web.Request, answer: dict[str, Any]) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Flywheel-Simulation": "true"})
     await response.prepare(request)
-    base = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")} | {"object": "chat.completion.chunk"}
+    base = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")} | {
+        "object": "chat.completion.chunk"
+    }
     text = answer["choices"][0]["message"]["content"]
     for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
         chunk = base | {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}

@@ -78,13 +78,17 @@ def rate(ticket: Ticket, answer: str | None) -> Rating:
 def write_golden(path: Path, seed: int = 99, size: int = 24) -> Path:
     """Golden cases: the right triage as a JSON Schema each answer must meet."""
     lines = []
-    for index, ticket in zip(range(size), tickets(seed)):
+    for index, ticket in zip(range(size), tickets(seed), strict=False):  # tickets() is endless
         expect = {
             **SCHEMA,
             "properties": {"category": {"const": ticket.category}, "urgent": {"const": ticket.urgent}},
         }
         lines.append(
-            {"id": f"ticket-{index}", "messages": [{"role": "user", "content": ticket.text}], "expect": {"schema": expect}}
+            {
+                "id": f"ticket-{index}",
+                "messages": [{"role": "user", "content": ticket.text}],
+                "expect": {"schema": expect},
+            }
         )
     path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
     return path
