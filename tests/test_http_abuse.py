@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -19,7 +20,7 @@ from proxy.server import RunningProxy
 from tests.conftest import API_KEY, proxy_for
 from tests.fake_upstream import FakeUpstream
 from tests.leaks import settled, task_count
-from tests.rawhttp import raw_connection
+from tests.rawhttp import RawConnection, raw_connection
 
 CHAT = "/v1/chat/completions"
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
@@ -122,11 +123,7 @@ async def test_slowloris_body_is_408(upstream: FakeUpstream, quick: RunningProxy
     async with raw_connection(quick.url) as conn:
         await conn.send(head())
         answer_task = asyncio.create_task(conn.answer(timeout=3))
-        for byte in BODY:
-            if answer_task.done():
-                break
-            await conn.send(bytes([byte]))
-            await asyncio.wait({answer_task}, timeout=0.1)
+        await _drip(conn, BODY, answer_task, gap=0.1)
         answer = await answer_task
     assert answer.status == 408
     assert upstream.seen == []
@@ -140,11 +137,7 @@ async def test_slowloris_headers_are_cut_off_while_others_are_served(
     async with raw_connection(quick.url) as conn:
         started = asyncio.get_running_loop().time()
         closed = asyncio.create_task(conn.closed_by_peer(3))
-        for byte in head():
-            if closed.done():
-                break
-            await conn.send(bytes([byte]))
-            await asyncio.wait({closed}, timeout=0.05)
+        await _drip(conn, head(), closed, gap=0.05)
         await _still_serving(quick)  # a slow client takes no one else's turn
         assert await closed
         assert asyncio.get_running_loop().time() - started < 2
@@ -212,6 +205,15 @@ async def test_bad_gzip_is_a_clear_400(upstream: FakeUpstream, proxy: RunningPro
     assert answer.status == 400
     assert orjson.loads(answer.body)["error"]["type"] == "invalid_request_error"
     assert upstream.seen == []
+
+
+async def _drip(conn: RawConnection, data: bytes, until: asyncio.Task[Any], gap: float) -> None:
+    """Send ``data`` a byte at a time, ``gap`` seconds apart, until ``until`` is done."""
+    for byte in data:
+        if until.done():
+            return
+        await conn.send(bytes([byte]))
+        await asyncio.wait({until}, timeout=gap)
 
 
 async def _still_serving(proxy: RunningProxy) -> None:

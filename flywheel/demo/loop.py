@@ -23,7 +23,7 @@ from deploy.notifier import Fanout
 from deploy.schedule import Action
 from deploy.spans_metrics import SpansMetrics
 from deploy.webhook import WebhookNotifier
-from flywheel.demo.simulation import OPTIMIZER_MODEL, TASK_MODEL, SimulatedProvider
+from flywheel.demo.simulation import OPTIMIZER_MODEL, TASK_MODEL, SimulatedProvider, on_loopback
 from flywheel.demo.users import FIRST_PROMPT, SCHEMA, Ticket, rate, tickets, write_golden
 from flywheel.registry import Registry, open_registry
 from flywheel.registry.version import content_from_mapping
@@ -324,11 +324,5 @@ async def _alert_inbox(received: list[dict[str, Any]]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/alerts", receive)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/alerts"
-    finally:
-        await runner.cleanup()
+    async with on_loopback(app) as base_url:
+        yield base_url + "/alerts"

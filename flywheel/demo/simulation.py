@@ -89,15 +89,9 @@ class SimulatedProvider:
     async def running(self) -> AsyncIterator[SimulatedProvider]:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        try:
+        async with on_loopback(app) as base_url:
+            self.url = base_url + "/v1"
             yield self
-        finally:
-            await runner.cleanup()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
@@ -121,6 +115,19 @@ class SimulatedProvider:
         return web.Response(
             body=orjson.dumps(answer), content_type="application/json", headers={"X-Flywheel-Simulation": "true"}
         )
+
+
+@contextlib.asynccontextmanager
+async def on_loopback(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port until the block ends; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def _looks_like_json(text: str) -> bool:
