@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from prometheus_client import Counter
 
 from flywheel.spans import SpansFileExporter
+from proxy.span_file import SpansFileProcessor
 
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
@@ -78,6 +79,9 @@ def build_tracing(export: Export, dropped: Counter) -> Tracing:
     processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
     for exporter in _exporters(export):
         processor.add_span_processor(CountingBatchProcessor(exporter, dropped, export.queue_size))
+    if export.spans_file is not None:
+        store = SpansFileExporter(export.spans_file, export.spans_file_max_bytes)
+        processor.add_span_processor(SpansFileProcessor(store, dropped, max_pending=export.queue_size))
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
     resource = Resource.create({"service.name": export.service_name} if export.service_name else {})
     return Tracing.around(processor, resource)
@@ -152,9 +156,7 @@ def _exporters(export: Export) -> list[SpanExporter]:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
         exporters.append(HttpExporter())
-    if export.spans_file is not None:
-        exporters.append(SpansFileExporter(export.spans_file, export.spans_file_max_bytes))
-    return exporters
+    return exporters  # the spans file has its own processor (proxy.span_file)
 
 
 class CountingBatchProcessor(SpanProcessor):

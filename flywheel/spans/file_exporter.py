@@ -1,6 +1,7 @@
 """``--spans-file``: a span exporter appending OTLP/JSON lines, rotated by size.
 
-It runs in the batch processor's worker thread, never on the request path. When the
+``export`` encodes and writes; ``write`` takes a line encoded elsewhere (the proxy
+encodes on its own thread and writes from a writer thread). When the
 file would grow past ``max_bytes`` it is renamed to ``PATH.1`` (older ones shift up to
 ``PATH.<backups>``), as the Collector's file exporter does.
 """
@@ -33,7 +34,10 @@ class SpansFileExporter(SpanExporter):
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        line = encode_spans(spans)
+        return SpanExportResult.SUCCESS if self.write(encode_spans(spans)) else SpanExportResult.FAILURE
+
+    def write(self, line: bytes) -> bool:
+        """Append one encoded line (rotating first if it would not fit); False if it failed."""
         try:
             with self._lock:
                 handle = self._open()
@@ -46,8 +50,8 @@ class SpansFileExporter(SpanExporter):
         except OSError as exc:
             log.error("cannot write spans to %s: %s", self.path, exc.strerror)
             self._close()
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+            return False
+        return True
 
     def _open(self) -> BinaryIO:
         if self._handle is None:

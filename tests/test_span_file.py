@@ -1,0 +1,90 @@
+"""The proxy's spans-file processor: batches encoded by the caller, lines written by a
+writer thread, stale batches flushed at low traffic, backlog and failures counted."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, TraceFlags
+from prometheus_client import CollectorRegistry, Counter
+
+from flywheel.spans import SpansFileExporter, open_span_source
+from proxy.span_file import SpansFileProcessor
+
+
+def _span(i: int) -> ReadableSpan:
+    return ReadableSpan(f"s{i}", SpanContext(i + 1, i + 1, False, TraceFlags(1)), attributes={"i": i})
+
+
+def _counter() -> Counter:
+    return Counter("dropped", "spans dropped", registry=CollectorRegistry())
+
+
+def _count(counter: Counter) -> float:
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def _names(path: Path) -> list[str]:
+    return [s.name for s in open_span_source(path).spans()] if path.exists() else []
+
+
+def test_full_batches_go_out_and_flush_takes_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    processor = SpansFileProcessor(SpansFileExporter(path), _counter(), batch=4, max_delay=60)
+    for i in range(10):
+        processor.on_end(_span(i))
+    assert processor.force_flush(5000)
+    assert _names(path) == [f"s{i}" for i in range(10)]
+    assert len(path.read_bytes().splitlines()) == 3  # 4 + 4 + the 2 flushed
+    processor.shutdown()
+
+
+def test_a_few_spans_are_written_after_max_delay_without_a_flush(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    written = threading.Event()
+
+    class Watched(SpansFileExporter):
+        def write(self, line: bytes) -> bool:
+            ok = super().write(line)
+            written.set()
+            return ok
+
+    processor = SpansFileProcessor(Watched(path), _counter(), batch=64, max_delay=0.05)
+    processor.on_end(_span(1))
+    assert written.wait(5)  # nobody flushed: the writer thread found the stale batch
+    assert _names(path) == ["s1"]
+    processor.shutdown()
+
+
+def test_a_backlog_beyond_max_pending_is_dropped_and_counted(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    class Stuck(SpansFileExporter):
+        def write(self, line: bytes) -> bool:
+            gate.wait(5)
+            return super().write(line)
+
+    dropped = _counter()
+    processor = SpansFileProcessor(Stuck(tmp_path / "spans.jsonl"), dropped, batch=2, max_delay=60, max_pending=4)
+    for i in range(12):  # 6 lines for a writer that can hold 2 waiting
+        processor.on_end(_span(i))
+    assert _count(dropped) >= 6
+    gate.set()
+    assert processor.force_flush(5000)
+    kept = len(_names(tmp_path / "spans.jsonl"))
+    assert kept + _count(dropped) == 12
+    processor.shutdown()
+
+
+def test_write_failures_are_counted(tmp_path: Path) -> None:
+    dropped = _counter()
+    blocked = tmp_path / "dir-not-file"
+    blocked.mkdir()  # opening a directory for append fails
+    processor = SpansFileProcessor(SpansFileExporter(blocked), dropped, batch=2, max_delay=60)
+    for i in range(4):
+        processor.on_end(_span(i))
+    assert processor.force_flush(5000)
+    assert _count(dropped) == 4
+    processor.shutdown()
