@@ -1,7 +1,8 @@
 """Debian's nginx as a fast fake provider for benchmarks: canned chat JSON, or SSE on request.
 
 A request with header ``X-Bench-Stream: 1`` gets a canned SSE stream; every other
-request gets a canned chat completion. nginx answers from memory, so it is never
+request gets a canned chat completion; ``POST /v1/traces`` is an OTLP/HTTP receiver
+that accepts and discards. nginx answers from memory, so it is never
 the bottleneck of a proxy benchmark.
 """
 
@@ -87,6 +88,10 @@ http {{
             }}
             default_type application/json;
             return 200 "{_nginx_string(orjson.dumps(CHAT))}";
+        }}
+        location = /v1/traces {{
+            default_type application/x-protobuf;
+            return 200 "";
         }}
         location = /__sse {{
             internal;

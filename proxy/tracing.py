@@ -22,8 +22,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter
 
-from flywheel.spans import SpansFileExporter
-from proxy.span_file import SpansFileProcessor
+from flywheel.spans import SpansFileExporter, encode_spans
+from proxy.span_batches import BatchedSpansProcessor
 
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
@@ -81,7 +81,11 @@ def build_tracing(export: Export, dropped: Counter) -> Tracing:
         processor.add_span_processor(CountingBatchProcessor(exporter, dropped, export.queue_size))
     if export.spans_file is not None:
         store = SpansFileExporter(export.spans_file, export.spans_file_max_bytes)
-        processor.add_span_processor(SpansFileProcessor(store, dropped, max_pending=export.queue_size))
+        processor.add_span_processor(
+            BatchedSpansProcessor(
+                encode_spans, store, dropped, max_pending=export.queue_size, name="flywheel-spans-file"
+            )
+        )
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
     resource = Resource.create({"service.name": export.service_name} if export.service_name else {})
     return Tracing.around(processor, resource)

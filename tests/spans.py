@@ -8,9 +8,12 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from proxy.server import RunningProxy, running
 from proxy.tracing import Tracing
@@ -63,3 +66,39 @@ async def traced_proxy(upstream: FakeUpstream, **overrides: Any) -> AsyncIterato
     tracing = Tracing.around(SimpleSpanProcessor(collector))
     async with running(config_for(upstream.url, **overrides), tracing) as proxy:
         yield Traced(proxy, collector, tracing.provider)
+
+
+VARIED_ATTRIBUTES = {
+    "s": "text ü",
+    "i": 7,
+    "big": 2**62,
+    "f": 0.25,
+    "b": True,
+    "list_s": ["stop", "length"],
+    "list_i": [1, 2],
+    "list_b": [True, False],
+}
+
+
+def varied_spans() -> list[ReadableSpan]:
+    """Spans with every field an encoder must write: kinds, links, events, error status,
+    a remote parent, attributes of each type."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc", "deployment.environment": "test"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("flywheel.proxy", "1.2.3")
+    with tracer.start_as_current_span("parent", kind=SpanKind.SERVER) as parent:
+        child = tracer.start_span(
+            "chat gpt",
+            kind=SpanKind.CLIENT,
+            attributes=VARIED_ATTRIBUTES,
+            links=[Link(parent.get_span_context(), {"why": "x"})],
+        )
+        child.add_event("first chunk", {"n": 1})
+        child.set_status(Status(StatusCode.ERROR, "boom"))
+        child.end()
+    remote = trace.set_span_in_context(
+        trace.NonRecordingSpan(trace.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=trace.TraceFlags(1)))
+    )
+    tracer.start_span("evaluation", context=remote).end()
+    return list(exporter.get_finished_spans())

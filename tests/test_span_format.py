@@ -8,48 +8,10 @@ from typing import Any
 
 import orjson
 from google.protobuf.json_format import MessageToDict
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as protobuf_encode
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from flywheel.spans import decode_line, encode_spans
-
-ATTRIBUTES = {
-    "s": "text ü",
-    "i": 7,
-    "big": 2**62,
-    "f": 0.25,
-    "b": True,
-    "list_s": ["stop", "length"],
-    "list_i": [1, 2],
-    "list_b": [True, False],
-}
-
-
-def _spans() -> list[Any]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "svc", "deployment.environment": "test"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("flywheel.proxy", "1.2.3")
-    with tracer.start_as_current_span("parent", kind=SpanKind.SERVER) as parent:
-        child = tracer.start_span(
-            "chat gpt",
-            kind=SpanKind.CLIENT,
-            attributes=ATTRIBUTES,
-            links=[Link(parent.get_span_context(), {"why": "x"})],
-        )
-        child.add_event("first chunk", {"n": 1})
-        child.set_status(Status(StatusCode.ERROR, "boom"))
-        child.end()
-    remote = trace.set_span_in_context(
-        trace.NonRecordingSpan(trace.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=trace.TraceFlags(1)))
-    )
-    tracer.start_span("evaluation", context=remote).end()
-    return list(exporter.get_finished_spans())
+from tests.spans import VARIED_ATTRIBUTES, varied_spans
 
 
 def _hex(record: dict[str, Any]) -> None:
@@ -59,7 +21,7 @@ def _hex(record: dict[str, Any]) -> None:
 
 
 def test_encoder_matches_the_sdk_protobuf_encoding() -> None:
-    spans = _spans()
+    spans = varied_spans()
     expected = MessageToDict(protobuf_encode(spans), use_integers_for_enums=True)
     for resource_spans in expected["resourceSpans"]:
         for scope_spans in resource_spans["scopeSpans"]:
@@ -71,11 +33,11 @@ def test_encoder_matches_the_sdk_protobuf_encoding() -> None:
 
 
 def test_decoded_spans_keep_every_field() -> None:
-    spans = _spans()
+    spans = varied_spans()
     records = list(decode_line(encode_spans(spans)))
     assert [r.name for r in records] == ["chat gpt", "parent", "evaluation"]
     chat, parent, evaluation = records
-    assert dict(chat.attributes) == ATTRIBUTES
+    assert dict(chat.attributes) == VARIED_ATTRIBUTES
     assert chat.parent_span_id == parent.span_id and chat.trace_id == parent.trace_id and chat.kind == 3
     assert chat.status_code == 2 and chat.links == ((parent.trace_id, parent.span_id),)
     assert evaluation.parent_span_id == f"{0xDEF:016x}" and evaluation.trace_id == f"{0xABC:032x}"

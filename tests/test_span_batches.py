@@ -1,5 +1,6 @@
-"""The proxy's spans-file processor: batches encoded by the caller, lines written by a
-writer thread, stale batches flushed at low traffic, backlog and failures counted."""
+"""The proxy's span processor, here in front of the spans file: batches encoded by the
+caller, written by an I/O thread (waiting batches joined), stale batches flushed at low
+traffic, backlog and failures counted."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry, Counter
 
-from flywheel.spans import SpansFileExporter, open_span_source
-from proxy.span_file import SpansFileProcessor
+from flywheel.spans import SpansFileExporter, encode_spans, open_span_source
+from proxy.span_batches import BatchedSpansProcessor, SpanSink
+
+
+def file_processor(sink: SpanSink, dropped: Counter, **settings: float) -> BatchedSpansProcessor:
+    return BatchedSpansProcessor(encode_spans, sink, dropped, **settings)  # type: ignore[arg-type]
 
 
 def _span(i: int) -> ReadableSpan:
@@ -32,7 +37,7 @@ def _names(path: Path) -> list[str]:
 
 def test_full_batches_go_out_and_flush_takes_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "spans.jsonl"
-    processor = SpansFileProcessor(SpansFileExporter(path), _counter(), batch=4, max_delay=60)
+    processor = file_processor(SpansFileExporter(path), _counter(), batch=4, max_delay=60)
     for i in range(10):
         processor.on_end(_span(i))
     assert processor.force_flush(5000)
@@ -51,7 +56,7 @@ def test_a_few_spans_are_written_after_max_delay_without_a_flush(tmp_path: Path)
             written.set()
             return ok
 
-    processor = SpansFileProcessor(Watched(path), _counter(), batch=64, max_delay=0.05)
+    processor = file_processor(Watched(path), _counter(), batch=64, max_delay=0.05)
     processor.on_end(_span(1))
     assert written.wait(5)  # nobody flushed: the writer thread found the stale batch
     assert _names(path) == ["s1"]
@@ -67,7 +72,7 @@ def test_a_backlog_beyond_max_pending_is_dropped_and_counted(tmp_path: Path) -> 
             return super().write(line)
 
     dropped = _counter()
-    processor = SpansFileProcessor(Stuck(tmp_path / "spans.jsonl"), dropped, batch=2, max_delay=60, max_pending=4)
+    processor = file_processor(Stuck(tmp_path / "spans.jsonl"), dropped, batch=2, max_delay=60, max_pending=4)
     for i in range(12):  # 6 lines for a writer that can hold 2 waiting
         processor.on_end(_span(i))
     assert _count(dropped) >= 6
@@ -82,9 +87,30 @@ def test_write_failures_are_counted(tmp_path: Path) -> None:
     dropped = _counter()
     blocked = tmp_path / "dir-not-file"
     blocked.mkdir()  # opening a directory for append fails
-    processor = SpansFileProcessor(SpansFileExporter(blocked), dropped, batch=2, max_delay=60)
+    processor = file_processor(SpansFileExporter(blocked), dropped, batch=2, max_delay=60)
     for i in range(4):
         processor.on_end(_span(i))
     assert processor.force_flush(5000)
     assert _count(dropped) == 4
+    processor.shutdown()
+
+
+def test_batches_waiting_for_a_slow_sink_go_out_in_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    gate = threading.Event()
+    writes: list[int] = []
+
+    class Slow(SpansFileExporter):
+        def write(self, line: bytes) -> bool:
+            gate.wait(5)
+            writes.append(line.count(b"\n"))
+            return super().write(line)
+
+    processor = file_processor(Slow(path), _counter(), batch=2, max_delay=60)
+    for i in range(10):  # the first batch holds the thread; four more wait
+        processor.on_end(_span(i))
+    gate.set()
+    assert processor.force_flush(5000)
+    assert sum(writes) == 5 and len(writes) <= 2  # lines kept whole, batches joined
+    assert _names(path) == [f"s{i}" for i in range(10)]
     processor.shutdown()

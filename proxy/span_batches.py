@@ -1,0 +1,144 @@
+"""Call spans out of the proxy: encoded on the event loop's thread in small batches,
+written or sent by one thread that does only I/O.
+
+Why not the SDK's ``BatchSpanProcessor``: its worker thread encodes while the event
+loop wants the GIL, and every one of the loop's many short syscalls then waits on it
+(the GIL convoy). Measured in the proxy under load: 118 µs of CPU per call for spans
+into the file that way, 58 µs encoding on the loop (15 µs a span, 64 at a time, after
+the answer was sent) — throughput ×0.68 against ×0.81 of spans off. The I/O thread
+only calls ``write(2)`` / ``send(2)``, which release the GIL; the loop never touches the
+disk or the network.
+
+A batch goes out when it has ``batch`` spans or, at low traffic, when its oldest span
+is ``max_delay`` seconds old (the I/O thread then encodes the few it finds). Batches
+waiting for the I/O thread are joined into one write (OTLP/JSON lines and serialized
+OTLP protobuf requests both concatenate). More than ``max_pending`` spans waiting are
+dropped and counted, as are spans the sink failed to take.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from prometheus_client import Counter
+
+# What the I/O thread is handed: an encoded batch and its span count, a flush to confirm, or stop (None).
+_Item = tuple[bytes, int] | threading.Event | None
+_JOINED_MAX = 1 << 20  # bytes in one write or request
+
+
+class SpanSink(Protocol):
+    """Where encoded batches go: the spans file, an OTLP endpoint."""
+
+    def write(self, payload: bytes) -> bool:
+        """Take one payload (blocking I/O is fine: a thread of its own calls this); False if lost."""
+
+    def shutdown(self) -> None: ...
+
+
+Encode = Callable[[Sequence[ReadableSpan]], bytes]
+
+
+class BatchedSpansProcessor(SpanProcessor):
+    def __init__(
+        self,
+        encode: Encode,
+        sink: SpanSink,
+        dropped: Counter,
+        batch: int = 64,
+        max_delay: float = 1.0,
+        max_pending: int = 8192,
+        name: str = "flywheel-spans",
+    ) -> None:
+        self._encode = encode
+        self._sink = sink
+        self._dropped = dropped
+        self._batch = batch
+        self._max_delay = max_delay
+        self._max_batches = max(1, max_pending // batch)
+        self._lock = threading.Lock()
+        self._pending: list[ReadableSpan] = []
+        self._oldest = 0.0
+        self._batches: queue.Queue[_Item] = queue.Queue()
+        self._io = threading.Thread(target=self._send_batches, name=name, daemon=True)
+        self._io.start()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            if not self._pending:
+                self._oldest = time.monotonic()
+            self._pending.append(span)
+            if len(self._pending) < self._batch:
+                return
+            spans, self._pending = self._pending, []
+        self._enqueue(spans)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._flush_pending()
+        done = threading.Event()
+        self._batches.put(done)  # behind every batch queued before it; the I/O thread sets it
+        return done.wait(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        self._flush_pending()
+        self._batches.put(None)
+        self._io.join(timeout=30)
+        self._sink.shutdown()
+
+    def _enqueue(self, spans: list[ReadableSpan]) -> None:
+        if self._batches.qsize() >= self._max_batches:  # the sink cannot keep up: drop, and say so
+            self._dropped.inc(len(spans))
+            return
+        self._batches.put((self._encode(spans), len(spans)))
+
+    def _flush_pending(self) -> None:
+        with self._lock:
+            spans, self._pending = self._pending, []
+        if spans:
+            self._enqueue(spans)
+
+    def _send_batches(self) -> None:
+        while True:
+            try:
+                item = self._batches.get(timeout=self._max_delay)
+            except queue.Empty:
+                if self._pending and time.monotonic() - self._oldest >= self._max_delay:
+                    self._flush_pending()  # low traffic: a few spans, encoded here
+                continue
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            payload, count, held = self._join(*item)
+            if not self._sink.write(payload):
+                self._dropped.inc(count)
+            for control in held:  # a flush or stop met while joining: acted on after the write
+                if control is None:
+                    return
+                control.set()
+
+    def _join(self, payload: bytes, count: int) -> tuple[bytes, int, list[threading.Event | None]]:
+        """Add the batches already waiting, up to 1 MiB."""
+        parts = [payload]
+        size = len(payload)
+        while size < _JOINED_MAX:
+            try:
+                item = self._batches.get_nowait()
+            except queue.Empty:
+                break
+            if item is None or isinstance(item, threading.Event):
+                return b"".join(parts), count, [item]
+            parts.append(item[0])
+            size += len(item[0])
+            count += item[1]
+        return b"".join(parts), count, []
