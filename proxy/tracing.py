@@ -1,7 +1,8 @@
-"""Where spans go: the OpenTelemetry SDK's batch processor (a worker thread, so export
-never blocks a request) in front of OTLP (gRPC or HTTP, configured by the standard
-``OTEL_*`` variables) and of the ``--spans-file`` store. Spans dropped because a queue
-was full or an export failed are counted in ``flywheel_spans_dropped_total``.
+"""Where spans go, configured by flags and the standard ``OTEL_*`` variables: OTLP/HTTP
+and the ``--spans-file`` store through :mod:`proxy.span_batches` (encoded on the loop in
+small batches, an I/O thread sends or writes, so export never blocks a request), OTLP
+gRPC through the SDK's batch processor. Spans dropped because a queue was full or an
+export failed are counted in ``flywheel_spans_dropped_total``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from prometheus_client import Counter
 
 from flywheel.spans import SpansFileExporter, encode_spans
-from proxy.span_batches import BatchedSpansProcessor
+from proxy.otlp_http import OtlpHttpSender, OtlpHttpSettings
+from proxy.otlp_protobuf import ProtobufEncoder
+from proxy.span_batches import BatchedSpansProcessor, Encode, SpanSink
 
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
@@ -36,7 +39,9 @@ class Export:
     spans_file: Path | None = None
     spans_file_max_bytes: int = 100 * 1024 * 1024
     service_name: str | None = "flywheel-proxy"  # None when OTEL_SERVICE_NAME names it
-    queue_size: int = 8192
+    queue_size: int = 8192  # OTEL_BSP_MAX_QUEUE_SIZE: spans waiting, per exporter, before drops
+    schedule_delay: float = 1.0  # OTEL_BSP_SCHEDULE_DELAY (ms there): the oldest span's longest wait
+    otlp_http: OtlpHttpSettings | None = None  # when otlp_protocol is http/protobuf
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], spans_file: Path | None, spans_file_max_bytes: int) -> Export:
@@ -51,12 +56,25 @@ class Export:
         )
         if protocol not in OTLP_PROTOCOLS:
             raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use one of {', '.join(OTLP_PROTOCOLS)}")
+        otlp = protocol if endpoint and not disabled else None
         return cls(
-            otlp_protocol=protocol if endpoint and not disabled else None,
+            otlp_protocol=otlp,
             spans_file=spans_file,
             spans_file_max_bytes=spans_file_max_bytes,
             service_name=None if environ.get("OTEL_SERVICE_NAME") else "flywheel-proxy",
+            queue_size=_positive_int(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 8192),
+            schedule_delay=_positive_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000,
+            otlp_http=OtlpHttpSettings.from_environ(environ) if otlp == "http/protobuf" else None,
         )
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) == 0:
+        raise ValueError(f"{name}={raw!r}: give a positive whole number")
+    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +95,26 @@ class Tracing:
 
 def build_tracing(export: Export, dropped: Counter) -> Tracing:
     processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
-    for exporter in _exporters(export):
-        processor.add_span_processor(CountingBatchProcessor(exporter, dropped, export.queue_size))
+    if export.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        # endpoint, headers, TLS from OTEL_EXPORTER_OTLP_*
+        processor.add_span_processor(CountingBatchProcessor(GrpcExporter(), dropped, export.queue_size))
+    if export.otlp_http is not None:
+        sender = OtlpHttpSender(export.otlp_http)
+        processor.add_span_processor(_batched(export, ProtobufEncoder().encode, sender, dropped, "flywheel-otlp"))
     if export.spans_file is not None:
         store = SpansFileExporter(export.spans_file, export.spans_file_max_bytes)
-        processor.add_span_processor(
-            BatchedSpansProcessor(
-                encode_spans, store, dropped, max_pending=export.queue_size, name="flywheel-spans-file"
-            )
-        )
+        processor.add_span_processor(_batched(export, encode_spans, store, dropped, "flywheel-spans-file"))
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
     resource = Resource.create({"service.name": export.service_name} if export.service_name else {})
     return Tracing.around(processor, resource)
+
+
+def _batched(export: Export, encode: Encode, sink: SpanSink, dropped: Counter, name: str) -> BatchedSpansProcessor:
+    return BatchedSpansProcessor(
+        encode, sink, dropped, max_pending=export.queue_size, max_delay=export.schedule_delay, name=name
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +174,6 @@ class CallSpans:
 SCOPE = InstrumentationScope("flywheel.proxy")
 _ERROR = Status(StatusCode.ERROR)
 _UNSET = Status(StatusCode.UNSET)
-
-
-def _exporters(export: Export) -> list[SpanExporter]:
-    exporters: list[SpanExporter] = []
-    if export.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        exporters.append(GrpcExporter())  # endpoint, headers, TLS from OTEL_EXPORTER_OTLP_*
-    elif export.otlp_protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-        exporters.append(HttpExporter())
-    return exporters  # the spans file has its own processor (proxy.span_file)
 
 
 class CountingBatchProcessor(SpanProcessor):
