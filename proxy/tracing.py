@@ -1,15 +1,14 @@
-"""Where spans go, configured by flags and the standard ``OTEL_*`` variables: OTLP/HTTP
-and the ``--spans-file`` store through :mod:`proxy.span_batches` (encoded on the loop in
-small batches, an I/O thread sends or writes, so export never blocks a request), OTLP
-gRPC through the SDK's batch processor. Spans dropped because a queue was full or an
+"""Where spans go, configured by flags and the standard ``OTEL_*`` variables: OTLP (HTTP
+or gRPC, :mod:`proxy.otlp`) and the ``--spans-file`` store, each through
+:mod:`proxy.span_batches` (encoded on the loop in small batches, an I/O thread sends or
+writes, so export never blocks a request). Spans dropped because a queue was full or an
 export failed are counted in ``flywheel_spans_dropped_total``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,31 +16,27 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter
 
 from flywheel.spans import SpansFileExporter, encode_spans
-from proxy.otlp_http import OtlpHttpSender, OtlpHttpSettings
+from proxy.otlp import OtlpSettings, sender_for
 from proxy.otlp_protobuf import ProtobufEncoder
 from proxy.span_batches import BatchedSpansProcessor, Encode, SpanSink
-
-OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
 
 @dataclass(frozen=True, slots=True)
 class Export:
     """Which exporters to run; read once from flags and the ``OTEL_*`` environment."""
 
-    otlp_protocol: str | None = None  # None: no OTLP export
+    otlp: OtlpSettings | None = None  # None: no OTLP export
     spans_file: Path | None = None
     spans_file_max_bytes: int = 100 * 1024 * 1024
     service_name: str | None = "flywheel-proxy"  # None when OTEL_SERVICE_NAME names it
     queue_size: int = 8192  # OTEL_BSP_MAX_QUEUE_SIZE: spans waiting, per exporter, before drops
     schedule_delay: float = 1.0  # OTEL_BSP_SCHEDULE_DELAY (ms there): the oldest span's longest wait
-    otlp_http: OtlpHttpSettings | None = None  # when otlp_protocol is http/protobuf
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], spans_file: Path | None, spans_file_max_bytes: int) -> Export:
@@ -54,17 +49,13 @@ class Export:
             or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
             or "http/protobuf"
         )
-        if protocol not in OTLP_PROTOCOLS:
-            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use one of {', '.join(OTLP_PROTOCOLS)}")
-        otlp = protocol if endpoint and not disabled else None
         return cls(
-            otlp_protocol=otlp,
+            otlp=OtlpSettings.from_environ(environ, protocol) if endpoint and not disabled else None,
             spans_file=spans_file,
             spans_file_max_bytes=spans_file_max_bytes,
             service_name=None if environ.get("OTEL_SERVICE_NAME") else "flywheel-proxy",
             queue_size=_positive_int(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 8192),
             schedule_delay=_positive_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000,
-            otlp_http=OtlpHttpSettings.from_environ(environ) if otlp == "http/protobuf" else None,
         )
 
 
@@ -95,13 +86,8 @@ class Tracing:
 
 def build_tracing(export: Export, dropped: Counter) -> Tracing:
     processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
-    if export.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        # endpoint, headers, TLS from OTEL_EXPORTER_OTLP_*
-        processor.add_span_processor(CountingBatchProcessor(GrpcExporter(), dropped, export.queue_size))
-    if export.otlp_http is not None:
-        sender = OtlpHttpSender(export.otlp_http)
+    if export.otlp is not None:
+        sender = sender_for(export.otlp)
         processor.add_span_processor(_batched(export, ProtobufEncoder().encode, sender, dropped, "flywheel-otlp"))
     if export.spans_file is not None:
         store = SpansFileExporter(export.spans_file, export.spans_file_max_bytes)
@@ -174,70 +160,3 @@ class CallSpans:
 SCOPE = InstrumentationScope("flywheel.proxy")
 _ERROR = Status(StatusCode.ERROR)
 _UNSET = Status(StatusCode.UNSET)
-
-
-class CountingBatchProcessor(SpanProcessor):
-    """The SDK's ``BatchSpanProcessor``, plus a count of what it had to drop.
-
-    The SDK's queue drops its oldest span when full; knowing how many spans are queued
-    (handed in minus handed to the exporter) tells when that happens. Failed exports
-    are counted too.
-    """
-
-    def __init__(self, exporter: SpanExporter, dropped: Counter, queue_size: int) -> None:
-        self._dropped = dropped
-        self._queue_size = queue_size
-        self._queued = 0
-        self._lock = threading.Lock()
-        self._inner = BatchSpanProcessor(
-            _Counted(exporter, self), max_queue_size=queue_size, max_export_batch_size=min(512, queue_size)
-        )
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        self._inner.on_start(span, parent_context)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if span.context is not None and span.context.trace_flags.sampled:
-            with self._lock:
-                if self._queued >= self._queue_size:
-                    self._dropped.inc()
-                else:
-                    self._queued += 1
-        self._inner.on_end(span)
-
-    def taken(self, count: int) -> None:
-        """The SDK's worker took ``count`` spans off its queue for one export."""
-        with self._lock:
-            self._queued = max(0, self._queued - count)
-
-    def exported(self, count: int, ok: bool) -> None:
-        if not ok:
-            self._dropped.inc(count)
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class _Counted(SpanExporter):
-    def __init__(self, exporter: SpanExporter, processor: CountingBatchProcessor) -> None:
-        self._exporter = exporter
-        self._processor = processor
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self._processor.taken(len(spans))
-        try:
-            result = self._exporter.export(spans)
-        except Exception:
-            self._processor.exported(len(spans), ok=False)
-            raise  # the SDK logs it
-        self._processor.exported(len(spans), ok=result is SpanExportResult.SUCCESS)
-        return result
-
-    def shutdown(self) -> None:
-        self._exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._exporter.force_flush(timeout_millis)

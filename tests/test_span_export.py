@@ -5,7 +5,6 @@ the count of spans dropped when export falls behind."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from prometheus_client import CollectorRegistry, Counter
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from flywheel.spans import SpansFileExporter, open_span_source
 from proxy.server import running
-from proxy.tracing import CountingBatchProcessor, Export
+from proxy.tracing import Export
 from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.processes import flywheel_proxy, serving
@@ -81,45 +79,6 @@ def test_bad_lines_are_skipped_and_counted(tmp_path: Path) -> None:
         handle.write(b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "half\n')
     source = open_span_source(path)
     assert [s.name for s in source.spans()] == ["s0", "s1"] and source.bad_lines == 1
-
-
-class _Blocking(SpanExporter):
-    def __init__(self, ok: bool = True) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.exported = 0
-        self.ok = ok
-
-    def export(self, spans):  # type: ignore[no-untyped-def]
-        self.entered.set()
-        self.release.wait(10)
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS if self.ok else SpanExportResult.FAILURE
-
-
-def test_a_full_queue_drops_and_counts_without_blocking() -> None:
-    dropped = Counter("dropped", "d", registry=CollectorRegistry())
-    exporter = _Blocking()
-    provider = TracerProvider()
-    provider.add_span_processor(CountingBatchProcessor(exporter, dropped, queue_size=4))
-    _span_batch(provider, 4)  # a full batch: the worker takes it and blocks in export
-    assert exporter.entered.wait(10)
-    _span_batch(provider, 10)  # 4 fit in the queue, 6 are dropped; none of this waits
-    assert dropped._value.get() == 6
-    exporter.release.set()
-    provider.shutdown()
-    assert exporter.exported == 8 and dropped._value.get() == 6
-
-
-def test_failed_exports_count_as_dropped() -> None:
-    dropped = Counter("dropped", "d", registry=CollectorRegistry())
-    exporter = _Blocking(ok=False)
-    exporter.release.set()
-    provider = TracerProvider()
-    provider.add_span_processor(CountingBatchProcessor(exporter, dropped, queue_size=16))
-    _span_batch(provider, 3)
-    provider.force_flush()
-    assert dropped._value.get() == 3
 
 
 # --- real OTLP receivers ---------------------------------------------------------------

@@ -1,23 +1,32 @@
-"""OTLP/HTTP export: settings read as the SDK reads them, and the sender against a real
-receiver on loopback that answers as told (gzip, retries, refusals, hangs, outages)."""
+"""OTLP export: settings read as the SDK reads them, and the HTTP and gRPC senders against
+real receivers on loopback that answer as told (gzip, retries, refusals, hangs, outages)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import grpc
 import openai
 import pytest
 from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from google.rpc import error_details_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from proxy.otlp_http import OtlpHttpSender, OtlpHttpSettings
+from proxy.otlp import OtlpSettings
+from proxy.otlp_grpc import OtlpGrpcSender
+from proxy.otlp_http import OtlpHttpSender
 from proxy.otlp_protobuf import ProtobufEncoder
 from proxy.tracing import Export
 from tests.conftest import API_KEY, proxy_for
@@ -29,16 +38,17 @@ SECRET_HEADER = "honeycomb-key-0123456789"
 
 
 def test_settings_follow_the_otlp_variables() -> None:
-    base = OtlpHttpSettings.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
+    base = OtlpSettings.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}, "http/protobuf")
     assert base.endpoint == "http://collector:4318/v1/traces" and base.timeout == 10 and base.compression == "none"
-    own = OtlpHttpSettings.from_environ(
+    own = OtlpSettings.from_environ(
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://ignored:4318",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://api.vendor.io/traces",
             "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=abc%3D%3D,x-team=core",
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "2.5",
             "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP",
-        }
+        },
+        "http/protobuf",
     )
     assert own.endpoint == "https://api.vendor.io/traces"
     assert dict(own.headers) == {"x-api-key": "abc==", "x-team": "core"}
@@ -48,7 +58,8 @@ def test_settings_follow_the_otlp_variables() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli", "none, gzip or deflate"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli", "none or gzip"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/protobuf, grpc"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", "give seconds"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318", "http:// or https://"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "-5", "positive whole number"),
@@ -65,7 +76,7 @@ def test_bad_settings_are_refused_with_the_variable_named(name: str, value: str,
 def test_batch_processor_settings_apply_to_the_proxy_processors() -> None:
     environ = {"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_SCHEDULE_DELAY": "250"}
     export = Export.from_environ(environ, None, 1)
-    assert export.queue_size == 100 and export.schedule_delay == 0.25 and export.otlp_http is None
+    assert export.queue_size == 100 and export.schedule_delay == 0.25 and export.otlp is None
 
 
 class Receiver:
@@ -111,7 +122,7 @@ def _payload(*names: str) -> bytes:
 
 
 def _sender(url: str, **settings: object) -> OtlpHttpSender:
-    return OtlpHttpSender(OtlpHttpSettings(endpoint=url + "/v1/traces", **settings))  # type: ignore[arg-type]
+    return OtlpHttpSender(OtlpSettings(endpoint=url + "/v1/traces", **settings))  # type: ignore[arg-type]
 
 
 async def test_posts_protobuf_with_headers_and_gzip_on_one_connection() -> None:
@@ -184,8 +195,7 @@ async def test_proxy_keeps_serving_when_the_collector_is_down(upstream: FakeUpst
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = OtlpHttpSettings(endpoint=closed + "/v1/traces", timeout=0.3)
-    export = Export(otlp_protocol="http/protobuf", otlp_http=settings, schedule_delay=0.05)
+    export = Export(otlp=OtlpSettings(endpoint=closed + "/v1/traces", timeout=0.3), schedule_delay=0.05)
     started = time.monotonic()
     async with proxy_for(upstream, export=export) as proxy:
         async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as client:
@@ -201,3 +211,86 @@ async def test_proxy_keeps_serving_when_the_collector_is_down(upstream: FakeUpst
                 await asyncio.sleep(0.05)  # the I/O thread gives up after the timeout; nothing to await
             assert "flywheel_spans_dropped_total 5.0" in text
     assert time.monotonic() - started < 10
+
+
+# --- gRPC ------------------------------------------------------------------------------
+
+
+def test_grpc_settings_follow_the_sdk() -> None:
+    plain = OtlpSettings.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, "grpc")
+    assert plain.endpoint == "http://collector:4317" and plain.insecure
+    assert not OtlpSettings.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://vendor:443"}, "grpc").insecure
+    bare = {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}
+    assert not OtlpSettings.from_environ(bare, "grpc").insecure  # secure unless told
+    assert OtlpSettings.from_environ({**bare, "OTEL_EXPORTER_OTLP_INSECURE": "true"}, "grpc").insecure
+
+
+class GrpcReceiver:
+    """A real gRPC TraceService that fails with the codes it is given, then accepts."""
+
+    def __init__(self, *codes: grpc.StatusCode, retry_delay: float | None = None) -> None:
+        self.codes = list(codes)
+        self.retry_delay = retry_delay
+        self.requests: list[tuple[dict[str, str], ExportTraceServiceRequest]] = []
+
+    async def export(self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext) -> object:
+        self.requests.append((dict(context.invocation_metadata()), request))  # type: ignore[arg-type]
+        if self.codes:
+            code = self.codes.pop(0)
+            trailing: tuple[tuple[str, bytes], ...] = ()
+            if self.retry_delay is not None:
+                info = error_details_pb2.RetryInfo()
+                info.retry_delay.FromTimedelta(datetime.timedelta(seconds=self.retry_delay))
+                trailing = (("google.rpc.retryinfo-bin", info.SerializeToString()),)
+            await context.abort(code, "told to", trailing_metadata=trailing)
+        return ExportTraceServiceResponse()
+
+
+async def grpc_receiving(receiver: GrpcReceiver) -> AsyncIterator[str]:
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        Export = staticmethod(receiver.export)  # noqa: N815 - gRPC's name
+
+    server = grpc.aio.server(compression=None)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+def _grpc_sender(url: str, **settings: object) -> OtlpGrpcSender:
+    return OtlpGrpcSender(OtlpSettings(protocol="grpc", endpoint=url, **settings))  # type: ignore[arg-type]
+
+
+async def test_grpc_sends_the_serialized_request_with_metadata_gzip_on() -> None:
+    receiver = GrpcReceiver()
+    async for url in grpc_receiving(receiver):
+        sender = _grpc_sender(url, headers=(("X-Api-Key", SECRET_HEADER),), compression="gzip")
+        assert await asyncio.to_thread(sender.write, _payload("a", "b"))
+        sender.shutdown()
+    metadata, request = receiver.requests[0]
+    assert [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans] == ["a", "b"]
+    assert metadata["x-api-key"] == SECRET_HEADER and "flywheel-proxy" in metadata["user-agent"]
+
+
+async def test_grpc_retries_unavailable_after_the_servers_retry_info() -> None:
+    receiver = GrpcReceiver(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.01)
+    async for url in grpc_receiving(receiver):
+        sender = _grpc_sender(url, timeout=5.0)
+        started = time.monotonic()
+        assert await asyncio.to_thread(sender.write, _payload("a"))
+        assert time.monotonic() - started < 1  # the server's 10 ms, not the 1 s + 2 s backoff
+        sender.shutdown()
+    assert len(receiver.requests) == 3
+
+
+async def test_grpc_does_not_retry_what_the_server_refused(caplog: pytest.LogCaptureFixture) -> None:
+    receiver = GrpcReceiver(grpc.StatusCode.INVALID_ARGUMENT)
+    async for url in grpc_receiving(receiver):
+        sender = _grpc_sender(url, headers=(("x-api-key", SECRET_HEADER),))
+        assert not await asyncio.to_thread(sender.write, _payload("a"))
+        sender.shutdown()
+    assert len(receiver.requests) == 1
+    assert "INVALID_ARGUMENT" in caplog.text and SECRET_HEADER not in caplog.text
