@@ -121,8 +121,8 @@ def markdown(r: dict[str, Any]) -> str:
     for label, lat in (("JSON latency", lj), ("stream time to first chunk", ls)):
         rows.append(
             f"| {label} p50 @ 100 req/s | {lat['off']['p50_ms']:.2f} ms | {lat['on']['p50_ms']:.2f} ms | "
-            f"+{lat['on']['p50_ms'] - lat['off']['p50_ms']:.2f} ms | {lat['otlp']['p50_ms']:.2f} ms | "
-            f"+{lat['otlp']['p50_ms'] - lat['off']['p50_ms']:.2f} ms | |"
+            f"{lat['on']['p50_ms'] - lat['off']['p50_ms']:+.2f} ms | {lat['otlp']['p50_ms']:.2f} ms | "
+            f"{lat['otlp']['p50_ms'] - lat['off']['p50_ms']:+.2f} ms | |"
         )
     rows.append(
         f"| errors (socket / non-2xx), all rounds | {_errors(r, 'off')} | {_errors(r, 'on')} | | "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
+import socket
 import ssl
 import zlib
 from urllib.parse import urlsplit
@@ -57,9 +59,12 @@ class OtlpHttpSender(RetryingSender):
         return self._connection
 
     def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):  # wakes a send or receive blocked in the I/O thread
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+            connection.close()
 
 
 def _tls_context(settings: OtlpSettings) -> ssl.SSLContext:

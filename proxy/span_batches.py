@@ -55,6 +55,7 @@ class BatchedSpansProcessor(SpanProcessor):
         max_delay: float = 1.0,
         max_pending: int = 8192,
         name: str = "flywheel-spans",
+        shutdown_timeout: float = 5.0,
     ) -> None:
         self._encode = encode
         self._sink = sink
@@ -62,6 +63,7 @@ class BatchedSpansProcessor(SpanProcessor):
         self._batch = batch
         self._max_delay = max_delay
         self._max_batches = max(1, max_pending // batch)
+        self._shutdown_timeout = shutdown_timeout
         self._lock = threading.Lock()
         self._pending: list[ReadableSpan] = []
         self._oldest = 0.0
@@ -89,10 +91,13 @@ class BatchedSpansProcessor(SpanProcessor):
         return done.wait(timeout_millis / 1000)
 
     def shutdown(self) -> None:
+        """Send what is left; a sink still retrying after ``shutdown_timeout`` is stopped
+        (its spans counted as dropped), so an unreachable collector cannot hold up exit."""
         self._flush_pending()
         self._batches.put(None)
-        self._io.join(timeout=30)
+        self._io.join(timeout=self._shutdown_timeout)
         self._sink.shutdown()
+        self._io.join(timeout=self._shutdown_timeout)
 
     def _enqueue(self, spans: list[ReadableSpan]) -> None:
         if self._batches.qsize() >= self._max_batches:  # the sink cannot keep up: drop, and say so

@@ -23,11 +23,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
+from prometheus_client import CollectorRegistry, Counter
 
 from proxy.otlp import OtlpSettings
 from proxy.otlp_grpc import OtlpGrpcSender
 from proxy.otlp_http import OtlpHttpSender
 from proxy.otlp_protobuf import ProtobufEncoder
+from proxy.span_batches import BatchedSpansProcessor
 from proxy.tracing import Export
 from tests.conftest import API_KEY, proxy_for
 from tests.fake_upstream import FakeUpstream
@@ -89,10 +91,12 @@ class Receiver:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.peers: set[object] = set()
         self.release = asyncio.Event()
+        self.arrived = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()  # aiohttp inflates a gzip body
         self.requests.append((dict(request.headers), body))
+        self.arrived.set()
         assert request.transport is not None
         self.peers.add(request.transport.get_extra_info("peername"))
         if self.hang:
@@ -294,3 +298,31 @@ async def test_grpc_does_not_retry_what_the_server_refused(caplog: pytest.LogCap
         sender.shutdown()
     assert len(receiver.requests) == 1
     assert "INVALID_ARGUMENT" in caplog.text and SECRET_HEADER not in caplog.text
+
+
+def test_shutdown_with_the_collector_down_is_bounded_and_counts_the_loss() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dropped = Counter("dropped", "spans dropped", registry=CollectorRegistry())
+    sender = OtlpHttpSender(OtlpSettings(endpoint=closed + "/v1/traces", timeout=30.0))  # would retry for 30 s
+    processor = BatchedSpansProcessor(ProtobufEncoder().encode, sender, dropped, batch=4, shutdown_timeout=0.3)
+    for i in range(10):
+        processor.on_end(ReadableSpan(f"s{i}", SpanContext(i + 1, i + 1, False, TraceFlags(1))))
+    started = time.monotonic()
+    processor.shutdown()
+    assert time.monotonic() - started < 2
+    assert dropped._value.get() == 10
+
+
+async def test_shutdown_wakes_a_send_waiting_on_a_hanging_collector() -> None:
+    receiver = Receiver(hang=True)
+    async for url in receiving(receiver):
+        sender = _sender(url, timeout=30.0)
+        writing = asyncio.create_task(asyncio.to_thread(sender.write, _payload("a")))
+        await asyncio.wait_for(receiver.arrived.wait(), 5)  # the request is in; the answer never comes
+        started = time.monotonic()
+        sender.shutdown()
+        assert await asyncio.wait_for(writing, 5) is False
+        assert time.monotonic() - started < 2
+        receiver.release.set()
