@@ -13,6 +13,7 @@ the export timeout, and a warning once per outage rather than once per batch.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -61,6 +62,12 @@ class OtlpSettings:
         except ValueError:
             raise ValueError(f"OTEL_EXPORTER_OTLP_TIMEOUT={timeout!r}: give seconds") from None
         endpoint, insecure = _endpoint(environ, protocol)
+        for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
+            variable = next(
+                (v for v in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}") if environ.get(v)), ""
+            )
+            if variable and not os.access(environ[variable], os.R_OK):
+                raise ValueError(f"{variable}={environ[variable]!r}: no readable file there")
         return cls(
             protocol=protocol,
             endpoint=endpoint,
