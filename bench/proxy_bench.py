@@ -37,13 +37,13 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 
 @contextlib.contextmanager
 def flywheel_proxy(
-    upstream: str, extra: Sequence[str] = (), env: dict[str, str] | None = None
+    upstream: str, extra: Sequence[str] = (), env: dict[str, str] | None = None, module: str = "flywheel.cli"
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     command = [
         sys.executable,
         "-m",
-        "flywheel.cli",
+        module,
         "--log-level",
         "WARNING",
         "proxy",

@@ -1,7 +1,8 @@
 """Cost of telemetry: the same proxy with telemetry off and on, side by side in one run.
 
-Off: ``OTEL_SDK_DISABLED=true`` (the SDK hands out no-op tracers), no span store, no
-scrape (metrics and stream reading stay on). On: every call a GenAI span in
+No telemetry: ``bench.no_telemetry`` (no span, no metrics, answers not read). Spans off:
+``OTEL_SDK_DISABLED=true`` (the SDK hands out no-op tracers), no span store, no scrape
+(metrics and stream reading stay on). On: every call a GenAI span in
 ``--spans-file``, and ``/metrics`` scraped every second as Prometheus would. OTLP: the
 same, with the spans sent over OTLP/HTTP (protobuf) instead, to nginx accepting
 ``/v1/traces``. Upstream: nginx from memory; load: wrk and a paced client.
@@ -44,36 +45,41 @@ def scraping(url: str, interval: float = 1.0) -> Iterator[list[int]]:
         thread.join()
 
 
-ARMS = ("off", "on", "otlp")
+ARMS = ("none", "off", "on", "otlp")
+NAMES = {
+    "none": "no telemetry",
+    "off": "spans off",
+    "on": "spans to file",
+    "otlp": "spans over OTLP/HTTP",
+}
+COMPARED = (("on", "off"), ("otlp", "off"), ("on", "none"), ("otlp", "none"), ("off", "none"))
 
 
 def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    otlp_env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        nginx_upstream() as upstream,
-        flywheel_proxy(upstream, ["--registry", f"{scratch}/none"], env={"OTEL_SDK_DISABLED": "true"}) as (off, _),
-        flywheel_proxy(upstream, ["--registry", f"{scratch}/none", "--spans-file", f"{scratch}/spans.jsonl"]) as (
-            on,
-            on_process,
-        ),
-        flywheel_proxy(
-            upstream, ["--registry", f"{scratch}/none"], env={**otlp_env, "OTEL_EXPORTER_OTLP_ENDPOINT": upstream}
-        ) as (otlp, otlp_process),
-        scraping(on) as scrapes,
-        scraping(otlp),
-    ):
-        urls = {"off": off, "on": on, "otlp": otlp}
-        results["latency_json"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, False))
-        results["latency_stream"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, True))
-        for stream in (False, True):
-            results[f"throughput_{'stream' if stream else 'json'}"] = _throughput(urls, stream, connections, duration)
-        results["scrapes"] = len(scrapes)
-        results["rss_mb_on"] = rss_mb(on_process.pid)
-        results["rss_mb_otlp"] = rss_mb(otlp_process.pid)
-        results["spans_file_mb"] = Path(f"{scratch}/spans.jsonl").stat().st_size / 1e6
-        results["otlp_dropped"] = _dropped(otlp)
+    otlp_env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    with tempfile.TemporaryDirectory() as scratch, nginx_upstream() as upstream:
+        otlp_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = upstream
+        registry = ["--registry", f"{scratch}/none"]
+        with (
+            flywheel_proxy(upstream, registry, module="bench.no_telemetry") as (none, _),
+            flywheel_proxy(upstream, registry, env={"OTEL_SDK_DISABLED": "true"}) as (off, _),
+            flywheel_proxy(upstream, [*registry, "--spans-file", f"{scratch}/spans.jsonl"]) as (on, on_process),
+            flywheel_proxy(upstream, registry, env=otlp_env) as (otlp, otlp_process),
+            scraping(on) as scrapes,
+            scraping(otlp),
+        ):
+            urls = {"none": none, "off": off, "on": on, "otlp": otlp}
+            results["latency_json"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, False))
+            results["latency_stream"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, True))
+            for stream in (False, True):
+                kind = "stream" if stream else "json"
+                results[f"throughput_{kind}"] = _throughput(urls, stream, connections, duration)
+            results["scrapes"] = len(scrapes)
+            results["rss_mb_on"] = rss_mb(on_process.pid)
+            results["rss_mb_otlp"] = rss_mb(otlp_process.pid)
+            results["spans_file_mb"] = Path(f"{scratch}/spans.jsonl").stat().st_size / 1e6
+            results["otlp_dropped"] = _dropped(otlp)
     return results
 
 
@@ -83,12 +89,12 @@ def _throughput(urls: dict[str, str], stream: bool, connections: int, duration: 
     for i in range(3):
         order = ARMS[i:] + ARMS[:i]
         rounds.append({arm: wrk(urls[arm], stream, connections, duration) for arm in order})
-    result: dict[str, Any] = {"rounds": rounds}
-    for arm in ("on", "otlp"):
-        ratios = sorted(r[arm]["requests_per_s"] / r["off"]["requests_per_s"] for r in rounds)
-        median = next(r for r in rounds if r[arm]["requests_per_s"] / r["off"]["requests_per_s"] == ratios[1])
-        result[arm] = {"median_round": median, "vs_off": ratios[1], "ratios": ratios}
-    return result
+    medians = {arm: sorted(r[arm]["requests_per_s"] for r in rounds)[1] for arm in ARMS}
+    ratios = {
+        f"{arm}_vs_{base}": sorted(r[arm]["requests_per_s"] / r[base]["requests_per_s"] for r in rounds)
+        for arm, base in COMPARED
+    }
+    return {"rounds": rounds, "median_requests_per_s": medians, "ratios": ratios}
 
 
 def _dropped(url: str) -> float:
@@ -100,36 +106,31 @@ def _dropped(url: str) -> float:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lj, ls = r["latency_json"], r["latency_stream"]
+    tj, ts = r["throughput_json"], r["throughput_stream"]
     rows = [
-        "| measure | telemetry off | spans to file | on vs off | spans over OTLP/HTTP | on vs off | target |",
-        "|---|---|---|---|---|---|---|",
+        "| 32 connections, median of 3 rounds | " + " | ".join(NAMES[a] for a in ARMS) + " |",
+        "|---|" + "---|" * len(ARMS),
     ]
-    for kind, label in (("json", "JSON"), ("stream", "stream")):
-        t = r[f"throughput_{kind}"]
+    for label, t in (("JSON throughput", tj), ("stream throughput", ts)):
+        rows.append(f"| {label} | " + " | ".join(f"{t['median_requests_per_s'][a]:,.0f} req/s" for a in ARMS) + " |")
+    for label, lat in (
+        ("JSON latency p50 @ 100 req/s", r["latency_json"]),
+        ("stream first chunk p50", r["latency_stream"]),
+    ):
+        rows.append(f"| {label} | " + " | ".join(f"{lat[a]['p50_ms']:.2f} ms" for a in ARMS) + " |")
+    rows.append("| errors (socket / non-2xx), all rounds | " + " | ".join(_errors(r, a) for a in ARMS) + " |")
+    rows += ["", "| throughput ratio, median (the 3 rounds) | JSON | stream | target |", "|---|---|---|---|"]
+    for arm, base in COMPARED:
         cells = []
-        for arm in ("on", "otlp"):
-            m = t[arm]
-            ratios = ", ".join(f"{x:.2f}" for x in m["ratios"])
-            cells += [f"{m['median_round'][arm]['requests_per_s']:,.0f} req/s", f"×{m['vs_off']:.2f} ({ratios})"]
-        off = t["on"]["median_round"]["off"]["requests_per_s"]
-        rows.append(
-            f"| {label} throughput, 32 connections (median of 3 rounds) | {off:,.0f} req/s | "
-            + " | ".join(cells)
-            + " | ≥ ×0.75 |"
-        )
-    for label, lat in (("JSON latency", lj), ("stream time to first chunk", ls)):
-        rows.append(
-            f"| {label} p50 @ 100 req/s | {lat['off']['p50_ms']:.2f} ms | {lat['on']['p50_ms']:.2f} ms | "
-            f"{lat['on']['p50_ms'] - lat['off']['p50_ms']:+.2f} ms | {lat['otlp']['p50_ms']:.2f} ms | "
-            f"{lat['otlp']['p50_ms'] - lat['off']['p50_ms']:+.2f} ms | |"
-        )
-    rows.append(
-        f"| errors (socket / non-2xx), all rounds | {_errors(r, 'off')} | {_errors(r, 'on')} | | "
-        f"{_errors(r, 'otlp')} | | 0 |"
-    )
+        for t in (tj, ts):
+            values = t["ratios"][f"{arm}_vs_{base}"]
+            cells.append(f"×{values[1]:.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+        target = "≥ ×0.75" if arm in ("on", "otlp") else ""
+        rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | {cells[0]} | {cells[1]} | {target} |")
     notes = (
-        f"\n\nSpans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB of spans written, "
+        f"\n\nNo telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
+        f"Spans off: `OTEL_SDK_DISABLED=true` (metrics and reading of answers stay on). "
+        f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB of spans written, "
         f"RSS {r['rss_mb_on']:.0f} MB at the end. Spans over OTLP/HTTP (protobuf, to nginx accepting "
         f"`/v1/traces`): RSS {r['rss_mb_otlp']:.0f} MB at the end, {r['otlp_dropped']:,.0f} spans dropped.\n"
     )
