@@ -6,12 +6,15 @@ version and arm (labels of ``flywheel_feedback_total``). Older feedback is still
 recorded with its request id, which the optimizer and a span-based canary join on;
 only the trace link and the metric's version labels are missing then.
 
-Memory is the bound: ~300 bytes a call in a plain insertion-ordered dict of tuples
-(a soak showed 480 bytes a call with SpanContext objects in an OrderedDict).
+Memory is the bound: rows are plain tuples (a soak showed 480 bytes a call with
+SpanContext objects). They sit in an ``OrderedDict`` because dropping the oldest is
+O(1) there: a plain dict's ``next(iter(d))`` walks over every slot deleted before it,
+7 µs a call at 20,000 calls against 0.4 µs.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from opentelemetry.trace import SpanContext, TraceFlags
@@ -36,7 +39,7 @@ _Row = tuple[int, int, int, str, str, str, "str | None"]
 class RecentCalls:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
-        self._rows: dict[str, _Row] = {}
+        self._rows: OrderedDict[str, _Row] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -56,7 +59,7 @@ class RecentCalls:
             served.response_id,
         )
         if len(rows) > self._capacity:
-            del rows[next(iter(rows))]  # the oldest: dicts keep insertion order
+            rows.popitem(last=False)  # the oldest
 
     def get(self, request_id: str) -> Served | None:
         row = self._rows.get(request_id)
