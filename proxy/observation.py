@@ -177,36 +177,39 @@ class EventScanner:
         complete = bytes(self._buffer[:end])
         del self._buffer[:end]
         outcome = self._outcome
-        if (
-            not outcome.keep_text
-            and outcome.response_id is not None
-            and not _markers(outcome.endpoint).search(complete)
-        ):
+        markers = _markers(outcome.endpoint)
+        if not outcome.keep_text and outcome.response_id is not None and not _marked(complete, markers):
             return chunk if not self._hide_usage else complete  # nothing in these events to read or hide
-        parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
-        dropped = [i for i in range(0, len(parts) - 1, 2) if self._read(parts[i])]
+        events, separators = _events(complete)
+        dropped = {i for i, event in enumerate(events) if self._read(event, markers)}
         if not self._hide_usage:
             return chunk
         if not dropped:
             return complete
-        return b"".join(p for i, p in enumerate(parts) if i not in dropped and i - 1 not in dropped)
+        return b"".join(
+            event + (separators[i] if separators else b"\n\n") for i, event in enumerate(events) if i not in dropped
+        )
 
     def close(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
         rest = bytes(self._buffer)
         self._buffer.clear()
         if rest.strip():
-            self._read(rest)
+            self._read(rest, _markers(self._outcome.endpoint))
         return rest if self._hide_usage else b""
 
-    def _read(self, event: bytes) -> bool:
+    def _read(self, event: bytes, markers: tuple[bytes, ...]) -> bool:
         outcome = self._outcome
         if b"data:" not in event:
             return False
-        if not outcome.keep_text and outcome.response_id is not None and not _markers(outcome.endpoint).search(event):
+        if not outcome.keep_text and outcome.response_id is not None and not _marked(event, markers):
             return False
-        data = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
-        payload = b"\n".join(data)
+        if event.startswith(b"data:") and b"\n" not in event and b"\r" not in event:
+            payload = event[5:].removeprefix(b" ")  # one data line: most events
+        else:
+            payload = b"\n".join(
+                line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")
+            )
         if payload.strip() == b"[DONE]":
             outcome.completed = True
             return False
@@ -217,11 +220,45 @@ class EventScanner:
         return isinstance(parsed, dict) and outcome.read_event(parsed)
 
 
+def _events(complete: bytes) -> tuple[list[bytes], list[bytes] | None]:
+    """Whole events and the blank lines after them (None: all ``\\n\\n``, the usual case,
+    split in C without a regular expression)."""
+    if b"\r" not in complete:
+        events = complete.split(b"\n\n")
+        events.pop()  # complete ends with a blank line: nothing after it
+        return events, None
+    parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
+    return parts[0:-1:2], parts[1::2]
+
+
+def _marked(data: bytes, markers: tuple[bytes, ...]) -> bool:
+    for marker in markers:
+        if marker in data:
+            return True
+    return False
+
+
 _SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
-# What an event must contain to be worth parsing once the ids are known (one C-level scan).
-_CHUNK_MARKERS = re.compile(rb'\[DONE\]|"usage": ?\{|"finish_reason": ?"|"error": ?\{')
-_RESPONSE_MARKERS = re.compile(rb'response\.(?:completed|incomplete|failed)|"type": ?"error"')
+# What an event must contain to be worth parsing once the ids are known. Substring
+# tests, not one regular expression: an alternation without a literal prefix made
+# Python's re try every position (44 µs a 12-event stream against ~10 µs).
+_CHUNK_MARKERS = (
+    b"[DONE]",
+    b'"usage":{',
+    b'"usage": {',
+    b'"finish_reason":"',
+    b'"finish_reason": "',
+    b'"error":{',
+    b'"error": {',
+)
+_RESPONSE_MARKERS = (
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
+    b'"type":"error"',
+    b'"type": "error"',
+)
 
 
-def _markers(endpoint: str) -> re.Pattern[bytes]:
+def _markers(endpoint: str) -> tuple[bytes, ...]:
     return _RESPONSE_MARKERS if endpoint == "responses" else _CHUNK_MARKERS
