@@ -8,13 +8,14 @@ the app. The app's ``traceparent`` is the span's parent; the span is the provide
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import jsonschema
 import orjson
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
@@ -85,8 +86,7 @@ class Telemetry:
             parent = self._propagator.extract(headers) if "traceparent" in headers else None
             name = f"{operation} {call.model or ''}".rstrip()
             span = self.call_spans.start(parent, name, time.time_ns() - int((time.perf_counter() - started) * 1e9))
-            context = trace.set_span_in_context(trace.NonRecordingSpan(span.context))
-            self._propagator.inject(call.headers, context=context)
+            _inject(span.context, call.headers)
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight += 1
         return CallTrace(self, call, span, operation, started, bearer_token(headers))
@@ -202,24 +202,11 @@ class CallTrace:
         ended = time.perf_counter()
         status = self._status or outcome.status
         error = self._error or outcome.error_type or (str(status) if status is not None and status >= 400 else None)
-        attributes = self._attributes | self._request_attributes() | self._response_attributes(outcome)
-        if status is not None:
-            attributes[sc.HTTP_STATUS_CODE] = status
-        if outcome.first_chunk_at is not None and call.stream:
-            attributes[sc.TIME_TO_FIRST_CHUNK] = outcome.first_chunk_at - self._started
         cost = t.prices.cost((outcome.response_model, call.model), outcome.input_tokens, outcome.output_tokens)
-        if cost is not None:
-            attributes[sc.COST_USD] = cost
         valid = self._schema_check(outcome, error)
-        if valid is not None:
-            attributes[sc.SCHEMA_VALID] = valid
-        if t.content.enabled and call.body is not None:
-            self._content(attributes, outcome)
-        if error is not None:
-            attributes[sc.ERROR_TYPE] = error
         self._metrics(status, error, ended, cost, valid, outcome)
         if span is not None:
-            t.call_spans.end(span, self._name, attributes, error is not None)
+            t.call_spans.end(span, self._name, self._span_attributes(status, error, cost, valid), error is not None)
         applied = self._applied
         t.remember(
             call.request_id,
@@ -231,6 +218,26 @@ class CallTrace:
                 outcome.response_id,
             ),
         )
+
+    def _span_attributes(
+        self, status: int | None, error: str | None, cost: float | None, valid: bool | None
+    ) -> dict[str, Any]:
+        call, outcome = self._call, self._call.outcome
+        assert outcome is not None
+        attributes = self._attributes | self._request_attributes() | self._response_attributes(outcome)
+        if status is not None:
+            attributes[sc.HTTP_STATUS_CODE] = status
+        if outcome.first_chunk_at is not None and call.stream:
+            attributes[sc.TIME_TO_FIRST_CHUNK] = outcome.first_chunk_at - self._started
+        if cost is not None:
+            attributes[sc.COST_USD] = cost
+        if valid is not None:
+            attributes[sc.SCHEMA_VALID] = valid
+        if self._t.content.enabled and call.body is not None:
+            self._content(attributes, outcome)
+        if error is not None:
+            attributes[sc.ERROR_TYPE] = error
+        return attributes
 
     def _request_attributes(self) -> dict[str, Any]:
         call = self._call
@@ -321,6 +328,14 @@ def _upstream_attributes(upstream: Upstream) -> dict[str, Any]:
     host = url.host or ""
     provider = "azure.ai.openai" if host.endswith(".openai.azure.com") else "openai"
     return {sc.PROVIDER_NAME: provider, sc.SERVER_ADDRESS: host, sc.SERVER_PORT: url.port or 443}
+
+
+def _inject(context: SpanContext, headers: MutableMapping[str, str]) -> None:
+    """W3C trace context for the upstream call, as the SDK's propagator writes it (which
+    costs ~6 µs a call going through a Context; this is a format string)."""
+    headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if context.trace_state:
+        headers["tracestate"] = context.trace_state.to_header()
 
 
 def bearer_token(headers: CIMultiDictProxy[str]) -> str | None:

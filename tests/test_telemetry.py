@@ -138,6 +138,21 @@ async def test_traceparent_from_the_sdk_is_the_parent_and_goes_upstream(upstream
     assert sent == f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
 
 
+async def test_tracestate_and_an_unsampled_parent_go_upstream(upstream: FakeUpstream) -> None:
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-00", "tracestate": "vendor=abc,other=1"}
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        await c.chat.completions.create(model="m", messages=MESSAGES, extra_headers=headers)
+        await c.chat.completions.create(model="m", messages=MESSAGES)  # a sampled one after it
+        assert len(await traced.spans.wait_for(1)) == 1  # the unsampled call made no span
+    unsampled, fresh = upstream.seen[-2].headers, upstream.seen[-1].headers
+    version, sent_trace, sent_span, flags = unsampled["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "00") and sent_span != parent_id
+    assert unsampled["tracestate"] == "vendor=abc,other=1"
+    assert fresh["traceparent"].endswith("-01") and trace_id not in fresh["traceparent"]
+    assert "tracestate" not in fresh
+
+
 async def test_prompt_and_schema_evaluation_on_the_span(upstream: FakeUpstream, tmp_path: Path) -> None:
     registry = open_registry(tmp_path / "r")
     good = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
