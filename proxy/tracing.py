@@ -21,7 +21,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter
 
-from flywheel.spans import SpansFileExporter, encode_spans
+from flywheel.spans import JsonEncoder, SpansFileExporter
 from proxy.otlp import OtlpSettings, sender_for
 from proxy.otlp_protobuf import ProtobufEncoder
 from proxy.span_batches import BatchedSpansProcessor, Encode, SpanSink
@@ -91,7 +91,7 @@ def build_tracing(export: Export, dropped: Counter) -> Tracing:
         processor.add_span_processor(_batched(export, ProtobufEncoder().encode, sender, dropped, "flywheel-otlp"))
     if export.spans_file is not None:
         store = SpansFileExporter(export.spans_file, export.spans_file_max_bytes)
-        processor.add_span_processor(_batched(export, encode_spans, store, dropped, "flywheel-spans-file"))
+        processor.add_span_processor(_batched(export, JsonEncoder().encode, store, dropped, "flywheel-spans-file"))
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
     resource = Resource.create({"service.name": export.service_name} if export.service_name else {})
     return Tracing.around(processor, resource)

@@ -9,8 +9,10 @@ from typing import Any
 import orjson
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as protobuf_encode
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, TraceFlags
 
-from flywheel.spans import decode_line, encode_spans
+from flywheel.spans import JsonEncoder, decode_line, encode_spans
 from tests.spans import VARIED_ATTRIBUTES, varied_spans
 
 
@@ -42,3 +44,18 @@ def test_decoded_spans_keep_every_field() -> None:
     assert chat.status_code == 2 and chat.links == ((parent.trace_id, parent.span_id),)
     assert evaluation.parent_span_id == f"{0xDEF:016x}" and evaluation.trace_id == f"{0xABC:032x}"
     assert chat.resource == {**chat.resource, "service.name": "svc", "deployment.environment": "test"}
+
+
+def test_the_encoder_that_keeps_pairs_writes_the_same_lines() -> None:
+    encoder = JsonEncoder()
+    spans = varied_spans()
+    for _ in range(3):  # the second and third time from the kept pairs
+        assert encoder.encode(spans) == encode_spans(spans)
+    flag, one = (_span_with({"v": True}), _span_with({"v": 1}))  # equal values of other types
+    written = orjson.loads(encoder.encode([flag, one]))["resourceSpans"]
+    values = [s["attributes"][0]["value"] for r in written for ss in r["scopeSpans"] for s in ss["spans"]]
+    assert values == [{"boolValue": True}, {"intValue": "1"}]
+
+
+def _span_with(attributes: dict[str, Any]) -> ReadableSpan:
+    return ReadableSpan("s", SpanContext(1, 2, False, TraceFlags(1)), attributes=attributes)

@@ -4,7 +4,15 @@ writes it from the proxy (with size rotation), ``source`` reads it back for the
 optimizer and the canary controller."""
 
 from flywheel.spans.file_exporter import SpansFileExporter
-from flywheel.spans.format import SpanRecord, decode_line, encode_spans
+from flywheel.spans.format import JsonEncoder, SpanRecord, decode_line, encode_spans
 from flywheel.spans.source import SpanSource, open_span_source
 
-__all__ = ["SpanRecord", "SpanSource", "SpansFileExporter", "decode_line", "encode_spans", "open_span_source"]
+__all__ = [
+    "JsonEncoder",
+    "SpanRecord",
+    "SpanSource",
+    "SpansFileExporter",
+    "decode_line",
+    "encode_spans",
+    "open_span_source",
+]
