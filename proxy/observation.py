@@ -170,12 +170,15 @@ class EventScanner:
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> bytes:
-        self._buffer += chunk
-        end = max((i + len(b) for b in _BOUNDARIES if (i := self._buffer.rfind(b)) >= 0), default=0)
-        if not end:
-            return b"" if self._hide_usage else chunk
-        complete = bytes(self._buffer[:end])
-        del self._buffer[:end]
+        if not self._buffer and chunk.endswith(b"\n\n"):
+            complete = chunk  # whole events, as providers mostly send them: no copy
+        else:
+            self._buffer += chunk
+            end = max((i + len(b) for b in _BOUNDARIES if (i := self._buffer.rfind(b)) >= 0), default=0)
+            if not end:
+                return b"" if self._hide_usage else chunk
+            complete = bytes(self._buffer[:end])
+            del self._buffer[:end]
         outcome = self._outcome
         markers = _markers(outcome.endpoint)
         if not outcome.keep_text and outcome.response_id is not None and not _marked(complete, markers):
