@@ -110,8 +110,9 @@ class Attempt(NamedTuple):
 
 
 class RetryingSender(ABC):
-    """A span sink (:class:`proxy.span_batches.SpanSink`) that tries again on transient failures, called from one thread only
-    (the span batches' I/O thread); ``shutdown`` cuts a backoff short."""
+    """A span sink (:class:`proxy.span_batches.SpanSink`) that tries again on transient
+    failures. Called from one thread only (the span batches' I/O thread); ``shutdown``
+    cuts a backoff short."""
 
     def __init__(self, settings: OtlpSettings, where: str) -> None:
         self.settings = settings
