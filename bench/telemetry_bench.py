@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.nginx_upstream import nginx_upstream
-from bench.proxy_bench import bench_main, flywheel_proxy, paced, rss_mb, wrk
+from bench.proxy_bench import bench_main, cpu_seconds, flywheel_proxy, paced, rss_mb, wrk
 
 
 @contextlib.contextmanager
@@ -62,19 +62,20 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
         otlp_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = upstream
         registry = ["--registry", f"{scratch}/none"]
         with (
-            flywheel_proxy(upstream, registry, module="bench.no_telemetry") as (none, _),
-            flywheel_proxy(upstream, registry, env={"OTEL_SDK_DISABLED": "true"}) as (off, _),
+            flywheel_proxy(upstream, registry, module="bench.no_telemetry") as (none, none_process),
+            flywheel_proxy(upstream, registry, env={"OTEL_SDK_DISABLED": "true"}) as (off, off_process),
             flywheel_proxy(upstream, [*registry, "--spans-file", f"{scratch}/spans.jsonl"]) as (on, on_process),
             flywheel_proxy(upstream, registry, env=otlp_env) as (otlp, otlp_process),
             scraping(on) as scrapes,
             scraping(otlp),
         ):
             urls = {"none": none, "off": off, "on": on, "otlp": otlp}
+            pids = {"none": none_process.pid, "off": off_process.pid, "on": on_process.pid, "otlp": otlp_process.pid}
             results["latency_json"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, False))
             results["latency_stream"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, True))
             for stream in (False, True):
                 kind = "stream" if stream else "json"
-                results[f"throughput_{kind}"] = _throughput(urls, stream, connections, duration)
+                results[f"throughput_{kind}"] = _throughput(urls, pids, stream, connections, duration)
             results["scrapes"] = len(scrapes)
             results["rss_mb_on"] = rss_mb(on_process.pid)
             results["rss_mb_otlp"] = rss_mb(otlp_process.pid)
@@ -83,18 +84,37 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
     return results
 
 
-def _throughput(urls: dict[str, str], stream: bool, connections: int, duration: float) -> dict[str, Any]:
-    """Three wrk rounds per arm, the order rotating, so drift on a shared machine hits every arm."""
+def _throughput(
+    urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float
+) -> dict[str, Any]:
+    """Three wrk rounds per arm, the order rotating, so drift on a shared machine hits every
+    arm; with the proxy's CPU time per request, which neighbours' steal does not inflate."""
     rounds = []
     for i in range(3):
-        order = ARMS[i:] + ARMS[:i]
-        rounds.append({arm: wrk(urls[arm], stream, connections, duration) for arm in order})
+        measured = {}
+        for arm in ARMS[i:] + ARMS[:i]:
+            before = cpu_seconds(pids[arm])
+            result = wrk(urls[arm], stream, connections, duration)
+            requests = result["requests_per_s"] * duration
+            measured[arm] = {**result, "cpu_us_per_request": (cpu_seconds(pids[arm]) - before) / requests * 1e6}
+        rounds.append(measured)
     medians = {arm: sorted(r[arm]["requests_per_s"] for r in rounds)[1] for arm in ARMS}
+    cpu = {arm: sorted(r[arm]["cpu_us_per_request"] for r in rounds)[1] for arm in ARMS}
     ratios = {
         f"{arm}_vs_{base}": sorted(r[arm]["requests_per_s"] / r[base]["requests_per_s"] for r in rounds)
         for arm, base in COMPARED
     }
-    return {"rounds": rounds, "median_requests_per_s": medians, "ratios": ratios}
+    cpu_ratios = {
+        f"{arm}_vs_{base}": sorted(r[base]["cpu_us_per_request"] / r[arm]["cpu_us_per_request"] for r in rounds)
+        for arm, base in COMPARED
+    }
+    return {
+        "rounds": rounds,
+        "median_requests_per_s": medians,
+        "median_cpu_us_per_request": cpu,
+        "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
+    }
 
 
 def _dropped(url: str) -> float:
@@ -118,17 +138,26 @@ def markdown(r: dict[str, Any]) -> str:
         ("stream first chunk p50", r["latency_stream"]),
     ):
         rows.append(f"| {label} | " + " | ".join(f"{lat[a]['p50_ms']:.2f} ms" for a in ARMS) + " |")
+    for label, t in (("JSON: proxy CPU per request", tj), ("stream: proxy CPU per request", ts)):
+        rows.append(f"| {label} | " + " | ".join(f"{t['median_cpu_us_per_request'][a]:.0f} µs" for a in ARMS) + " |")
     rows.append("| errors (socket / non-2xx), all rounds | " + " | ".join(_errors(r, a) for a in ARMS) + " |")
-    rows += ["", "| throughput ratio, median (the 3 rounds) | JSON | stream | target |", "|---|---|---|---|"]
+    rows += [
+        "",
+        "| median (the 3 rounds) | JSON throughput | stream throughput | JSON by CPU | stream by CPU | target |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm, base in COMPARED:
         cells = []
-        for t in (tj, ts):
-            values = t["ratios"][f"{arm}_vs_{base}"]
-            cells.append(f"×{values[1]:.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+        for key in ("ratios", "cpu_ratios"):
+            for t in (tj, ts):
+                values = t[key][f"{arm}_vs_{base}"]
+                cells.append(f"×{values[1]:.2f} ({', '.join(f'{v:.2f}' for v in values)})")
         target = "≥ ×0.75" if arm in ("on", "otlp") else ""
-        rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | {cells[0]} | {cells[1]} | {target} |")
+        rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | " + " | ".join(cells) + f" | {target} |")
     notes = (
-        f"\n\nNo telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
+        "\n\nBy CPU: the base's CPU time per request over the arm's (the throughput ratio a saturated "
+        "proxy would show without the machine's noise). "
+        f"No telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
         f"Spans off: `OTEL_SDK_DISABLED=true` (metrics and reading of answers stay on). "
         f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB of spans written, "
         f"RSS {r['rss_mb_on']:.0f} MB at the end. Spans over OTLP/HTTP (protobuf, to nginx accepting "
