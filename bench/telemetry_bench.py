@@ -88,7 +88,7 @@ def _throughput(
     urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float
 ) -> dict[str, Any]:
     """Three wrk rounds per arm, the order rotating, so drift on a shared machine hits every
-    arm; with the proxy's CPU time per request, which neighbours' steal does not inflate."""
+    arm; with the proxy's CPU time per request."""
     rounds = []
     for i in range(3):
         measured = {}
@@ -155,11 +155,12 @@ def markdown(r: dict[str, Any]) -> str:
         target = "≥ ×0.75" if arm in ("on", "otlp") else ""
         rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | " + " | ".join(cells) + f" | {target} |")
     notes = (
-        "\n\nBy CPU: the base's CPU time per request over the arm's (the throughput ratio a saturated "
-        "proxy would show without the machine's noise). "
+        "\n\nBy CPU: the base's CPU time per request over the arm's (each proxy is saturated in its rounds, "
+        "so it tracks the throughput ratio: the spread is the VM's speed moving, not scheduling). "
         f"No telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
         f"Spans off: `OTEL_SDK_DISABLED=true` (metrics and reading of answers stay on). "
-        f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB of spans written, "
+        f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB in the spans file at the end "
+        "(it rotates at 100 MB), "
         f"RSS {r['rss_mb_on']:.0f} MB at the end. Spans over OTLP/HTTP (protobuf, to nginx accepting "
         f"`/v1/traces`): RSS {r['rss_mb_otlp']:.0f} MB at the end, {r['otlp_dropped']:,.0f} spans dropped.\n"
     )
