@@ -259,11 +259,15 @@ def bench_main(doc: str | None, name: str, run_bench: Run, render: Callable[[dic
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    results = run_bench(args.duration, args.paced, args.connections)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, name, run_bench(args.duration, args.paced, args.connections), render)
+
+
+def write_results(out: Path, name: str, results: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """``NAME.json`` and ``NAME.md`` in ``out``; the table is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     table = render(results)
-    (args.out / f"{name}.md").write_text(table)
+    (out / f"{name}.md").write_text(table)
     print(table)
 
 

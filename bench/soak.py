@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import re
 import sys
@@ -32,7 +31,16 @@ from typing import Any
 import aiohttp
 
 from bench.nginx_upstream import nginx_upstream
-from bench.proxy_bench import BODY, CHAT, HEADERS, STREAM_BODY, flywheel_proxy, managed_registry, rss_mb
+from bench.proxy_bench import (
+    BODY,
+    CHAT,
+    HEADERS,
+    STREAM_BODY,
+    flywheel_proxy,
+    managed_registry,
+    rss_mb,
+    write_results,
+)
 from flywheel.spans.source import open_span_source
 
 WARM_UP_S = 180.0  # fills the 20,000-call feedback table (--remember-calls) at 150 calls/s
@@ -202,12 +210,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    results = run(args.minutes, args.rate, args.concurrency)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (args.out / "soak.md").write_text(table)
-    print(table)
+    write_results(args.out, "soak", run(args.minutes, args.rate, args.concurrency), markdown)
 
 
 if __name__ == "__main__":

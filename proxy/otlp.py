@@ -99,7 +99,7 @@ def _endpoint(environ: Mapping[str, str], protocol: str) -> tuple[str, bool]:
         endpoint = (base or "http://localhost:4318").removesuffix("/") + "/v1/traces"
     if urlsplit(endpoint).scheme not in ("http", "https"):
         raise ValueError(f"{name}={endpoint!r}: use an http:// or https:// URL")
-    return endpoint, not endpoint.startswith("https:")
+    return endpoint, True  # "insecure" is a gRPC setting; over HTTP the URL's scheme decides
 
 
 class Attempt(NamedTuple):
