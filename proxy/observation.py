@@ -181,17 +181,55 @@ class EventScanner:
             del self._buffer[:end]
         outcome = self._outcome
         markers = _markers(outcome.endpoint)
-        if not outcome.keep_text and outcome.response_id is not None and not _marked(complete, markers):
+        if outcome.keep_text or b"\r" in complete:
+            dropped = self._read_all(complete, markers)
+        elif outcome.response_id is not None and not _marked(complete, markers):
             return chunk if not self._hide_usage else complete  # nothing in these events to read or hide
-        events, separators = _events(complete)
-        dropped = {i for i, event in enumerate(events) if self._read(event, markers)}
+        else:
+            dropped = self._read_marked(complete, markers)
         if not self._hide_usage:
             return chunk
         if not dropped:
             return complete
-        return b"".join(
-            event + (separators[i] if separators else b"\n\n") for i, event in enumerate(events) if i not in dropped
-        )
+        kept, at = [], 0
+        for start, end in dropped:
+            kept.append(complete[at:start])
+            at = end
+        kept.append(complete[at:])
+        return b"".join(kept)
+
+    def _read_marked(self, complete: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
+        """Parse only the events that hold a marker (and, while the ids are not known,
+        each event with data until they are): found with ``bytes.find`` over the whole
+        read, so the events in between cost nothing. Returns where the usage-only events
+        are, blank line included."""
+        dropped: list[tuple[int, int]] = []
+        at = 0
+        while self._outcome.response_id is None and (found := complete.find(b"data:", at)) >= 0:
+            start, end = _around(complete, found)
+            if self._parse(complete[start : end - 2]):
+                dropped.append((start, end))
+            at = end
+        wanted: set[tuple[int, int]] = set()
+        for marker in markers:
+            found = complete.find(marker, at)
+            while found >= 0:
+                event = _around(complete, found)
+                wanted.add(event)
+                found = complete.find(marker, event[1])
+        dropped += ((start, end) for start, end in sorted(wanted) if self._parse(complete[start : end - 2]))
+        return dropped
+
+    def _read_all(self, complete: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
+        """Every event parsed, in order; blank lines of any kind (``\\r\\n``, ``\\r``)."""
+        parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
+        dropped, at = [], 0
+        for event, separator in zip(parts[0:-1:2], parts[1::2], strict=True):
+            end = at + len(event) + len(separator)
+            if self._read(event, markers):
+                dropped.append((at, end))
+            at = end
+        return dropped
 
     def close(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
@@ -207,6 +245,11 @@ class EventScanner:
             return False
         if not outcome.keep_text and outcome.response_id is not None and not _marked(event, markers):
             return False
+        return self._parse(event)
+
+    def _parse(self, event: bytes) -> bool:
+        """Read one event's data; True when it is a usage-only chunk (to hide)."""
+        outcome = self._outcome
         if event.startswith(b"data:") and b"\n" not in event and b"\r" not in event:
             payload = event[5:].removeprefix(b" ")  # one data line: most events
         else:
@@ -223,15 +266,10 @@ class EventScanner:
         return isinstance(parsed, dict) and outcome.read_event(parsed)
 
 
-def _events(complete: bytes) -> tuple[list[bytes], list[bytes] | None]:
-    """Whole events and the blank lines after them (None: all ``\\n\\n``, the usual case,
-    split in C without a regular expression)."""
-    if b"\r" not in complete:
-        events = complete.split(b"\n\n")
-        events.pop()  # complete ends with a blank line: nothing after it
-        return events, None
-    parts = _SPLIT.split(complete)  # event, separator, event, separator, …, b""
-    return parts[0:-1:2], parts[1::2]
+def _around(complete: bytes, at: int) -> tuple[int, int]:
+    """Start and end (after its blank line) of the ``\\n\\n``-separated event holding ``at``."""
+    before = complete.rfind(b"\n\n", 0, at)
+    return (before + 2 if before >= 0 else 0), complete.find(b"\n\n", at) + 2
 
 
 def _marked(data: bytes, markers: tuple[bytes, ...]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -60,10 +61,23 @@ async def serve(config: ProxyConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with running(config) as proxy:
+        settle_heap()
         log.info("flywheel proxy listening on %s", proxy.url)
         await stop.wait()
         log.info("draining: waiting up to %.0fs for in-flight requests", config.drain_timeout)
     log.info("flywheel proxy stopped")
+
+
+def settle_heap() -> None:
+    """Once started: what start-up built (modules, the price table, the registry) leaves
+    the cyclic collector's sight, and young collections run less often. With the
+    defaults, each young collection under load promoted the objects of the ~30 calls in
+    flight, so full collections walked the whole heap about once a second (≈ 20 ms
+    each, measured): CPU and tail latency on every call. Same idea as Instagram's
+    ``gc.freeze()`` and CPython 3.13's larger first threshold."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _url_host(host: str) -> str:

@@ -138,7 +138,10 @@ class CallSpans:
         context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, sampling.trace_state)
         return OpenSpan(context, parent_span, start_ns)
 
-    def end(self, span: OpenSpan, name: str, attributes: dict[str, Any], error: bool) -> None:
+    def end(
+        self, span: OpenSpan, name: str, attributes: dict[str, Any], error: bool, end_ns: int | None = None
+    ) -> None:
+        """Hand the finished span to the processors; it ended at ``end_ns`` (default: now)."""
         if not span.context.trace_flags.sampled:
             return
         self._processor.on_end(
@@ -151,7 +154,7 @@ class CallSpans:
                 kind=SpanKind.CLIENT,
                 status=_ERROR if error else _UNSET,
                 start_time=span.start_ns,
-                end_time=time.time_ns(),
+                end_time=end_ns or time.time_ns(),
                 instrumentation_scope=SCOPE,
             )
         )

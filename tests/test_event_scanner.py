@@ -1,0 +1,110 @@
+"""The SSE scanner against a plain reference: whatever the events and however the
+stream is cut into reads, the app gets the same bytes (minus the usage chunk flywheel
+asked for) and the outcome records the same ids, finish reasons, usage and text."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.observation import EventScanner, Outcome
+
+BASE = {"object": "chat.completion.chunk", "created": 1}
+
+
+def _delta(i: int, text: str) -> bytes:
+    chunk = {"id": f"c{i}", "model": f"m{i}", **BASE, "choices": [{"index": 0, "delta": {"content": text}}]}
+    return b"data: " + orjson.dumps(chunk)
+
+
+def _finish(i: int, reason: str) -> bytes:
+    chunk = {"id": f"c{i}", "model": "m", **BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+    return b"data: " + orjson.dumps(chunk)
+
+
+def _usage(i: int, tokens: int) -> bytes:
+    usage = {"prompt_tokens": tokens, "completion_tokens": tokens + 1}
+    return b"data: " + orjson.dumps({"id": f"c{i}", "model": "m", **BASE, "choices": [], "usage": usage})
+
+
+EVENTS = st.one_of(
+    st.builds(_delta, st.integers(0, 3), st.text(max_size=12)),
+    st.builds(_finish, st.integers(0, 3), st.sampled_from(["stop", "length", "tool_calls"])),
+    st.builds(_usage, st.integers(0, 3), st.integers(0, 99)),
+    st.just(b": keep-alive"),
+    st.just(b'data: {"error":{"type":"server_error","message":"boom"}}'),
+    st.just(b"event: ping\ndata: {}"),
+    st.just(b"data: not json"),
+    st.just(b"data: [DONE]"),
+)
+
+
+def _usage_only(event: bytes) -> bool:
+    payload = event.removeprefix(b"data: ")
+    if not payload.startswith(b"{"):
+        return False
+    parsed = orjson.loads(payload)
+    return parsed.get("choices") == [] and isinstance(parsed.get("usage"), dict)
+
+
+def _reference(events: list[bytes], keep_text: bool) -> Outcome:
+    """Every event parsed in order, through the outcome's own reading of one event."""
+    outcome = Outcome("chat/completions", keep_text=keep_text)
+    for event in events:
+        payload = b"\n".join(line[6:] for line in event.split(b"\n") if line.startswith(b"data: "))
+        if payload == b"[DONE]":
+            outcome.completed = True
+        elif payload.startswith(b"{"):
+            outcome.read_event(orjson.loads(payload))
+    return outcome
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(EVENTS, max_size=14),
+    cuts=st.lists(st.integers(0, 2000), max_size=6),
+    hide_usage=st.booleans(),
+    keep_text=st.booleans(),
+    crlf=st.booleans(),
+)
+def test_scanner_matches_reading_every_event(
+    events: list[bytes], cuts: list[int], hide_usage: bool, keep_text: bool, crlf: bool
+) -> None:
+    separator = b"\r\n\r\n" if crlf else b"\n\n"
+    stream = b"".join((event.replace(b"\n", b"\r\n") if crlf else event) + separator for event in events)
+    outcome = Outcome("chat/completions", keep_text=keep_text)
+    scanner = EventScanner(outcome, hide_usage)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    relayed = b"".join(scanner.feed(stream[a:b]) for a, b in zip(points, points[1:], strict=False) if b > a)
+    relayed += scanner.close()
+
+    kept = [e for e in events if not (hide_usage and _usage_only(e))]
+    expected = b"".join((e.replace(b"\n", b"\r\n") if crlf else e) + separator for e in kept)
+    assert relayed == expected
+    want = _reference(events, keep_text)
+    assert (outcome.response_id, outcome.response_model) == (want.response_id, want.response_model)
+    assert (outcome.input_tokens, outcome.output_tokens) == (want.input_tokens, want.output_tokens)
+    assert outcome.finish_reasons == want.finish_reasons
+    assert (outcome.error_type, outcome.completed) == (want.error_type, want.completed)
+    assert outcome.texts == want.texts
+
+
+def test_one_read_of_a_whole_stream_parses_only_what_it_records() -> None:
+    """A provider's whole answer in one read: the content deltas in between are skipped."""
+    events = [_delta(0, "a"), *(_delta(1, w) for w in "bcdefgh"), _finish(2, "stop"), _usage(3, 5), b"data: [DONE]"]
+    outcome = Outcome("chat/completions")
+    scanner = EventScanner(outcome, hide_usage=True)
+    parsed: list[bytes] = []
+    parse = scanner._parse
+
+    def counting(event: bytes) -> bool:
+        parsed.append(event)
+        return parse(event)
+
+    scanner._parse = counting  # type: ignore[method-assign]
+    relayed = scanner.feed(b"".join(e + b"\n\n" for e in events))
+    assert relayed == b"".join(e + b"\n\n" for e in events if not _usage_only(e))
+    assert parsed == [events[0], events[-3], events[-2], events[-1]]
+    assert (outcome.response_id, outcome.finish_reasons, outcome.output_tokens) == ("c0", {0: "stop"}, 6)
+    assert outcome.completed
