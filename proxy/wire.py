@@ -7,6 +7,7 @@ through unchanged is sent upstream exactly as the app sent it (no JSON round-tri
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -62,6 +63,8 @@ _RESPONSE_DROP = frozenset(
 )
 # flywheel's own request headers (X-Prompt-Name, X-Prompt-Vars, …) stay in the proxy.
 _OWN_PREFIX = "x-prompt-"
+# A float of 1e18 or more, as orjson writes it: maybe an integer orjson could not hold.
+_HUGE_FLOAT = re.compile(rb"[0-9]e(?:1[89]|[2-9][0-9]|[1-3][0-9][0-9])")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -78,7 +81,7 @@ class Call:
     body: dict[str, Any] | None  # the parsed object, for the JSON endpoints
     model: str | None
     stream: bool
-    rewritten: bool = False  # set when flywheel changed `body`
+    changed: dict[str, Any] = field(default_factory=dict)  # top-level fields flywheel set in `body`
     response_headers: dict[str, str] = field(default_factory=dict)  # X-Request-Id, X-Prompt-*
     outcome: Outcome | None = None  # filled while relaying, when the call is traced
 
@@ -86,15 +89,26 @@ class Call:
         """Change one top-level body field; the body is serialized again only then."""
         assert self.body is not None
         self.body[key] = value
-        self.rewritten = True
+        self.changed[key] = value
 
     def payload(self) -> bytes:
-        if self.rewritten and self.body is not None:
-            try:
-                return orjson.dumps(self.body)
-            except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (255 levels)
-                raise InvalidRequest(f"The request body cannot be rewritten: {exc}.") from exc
-        return self.raw
+        if not self.changed or self.body is None:
+            return self.raw
+        try:
+            out = orjson.dumps(self.body)
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (255 levels)
+            raise InvalidRequest(f"The request body cannot be rewritten: {exc}.") from exc
+        if (b"e1" in out or b"e2" in out or b"e3" in out) and _HUGE_FLOAT.search(out):
+            return self._exact_payload()
+        return out
+
+    def _exact_payload(self) -> bytes:
+        """orjson reads integers beyond 64 bits as floats (-9223372036854775809 comes back
+        as -9.223372036854776e18): the app's fields are then rewritten from the stdlib's
+        exact reading of the body instead — rare, and slower."""
+        body = json.loads(self.raw)
+        body.update(self.changed)
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def request_id(request: web.Request) -> str:

@@ -4,6 +4,7 @@ crash, a hang or a request that goes somewhere else. The proxy keeps serving aft
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -66,6 +67,24 @@ async def test_odd_but_valid_bodies_pass_through_byte_for_byte(
     status, _ = await _post(proxy.url, body)
     assert status == 200
     assert upstream.seen[-1].body == body
+    await _still_serving(proxy)
+
+
+@pytest.mark.parametrize(
+    "number", ["-9223372036854775809", "18446744073709551616", "123456789012345678901234567890", "1e20"]
+)
+async def test_numbers_orjson_cannot_hold_survive_a_rewrite(
+    number: str, upstream: FakeUpstream, proxy: RunningProxy
+) -> None:
+    # A stream gets stream_options added, so the body is written again; orjson reads integers
+    # beyond 64 bits as floats, which must not reach the provider changed.
+    body = f'{{"model": "m", "stream": true, "seed": {number}, "x": [{{"y": {number}}}], "messages": {MESSAGES}}}'
+    status, _ = await _post(proxy.url, body.encode())
+    assert status == 200
+    sent = json.loads(upstream.seen[-1].body)
+    exact = json.dumps(json.loads(number))  # as written, type included (2**64 == float(2**64))
+    assert json.dumps(sent["seed"]) == exact and json.dumps(sent["x"]) == f'[{{"y": {exact}}}]'
+    assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == json.loads(MESSAGES)
     await _still_serving(proxy)
 
 
