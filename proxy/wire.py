@@ -63,8 +63,9 @@ _RESPONSE_DROP = frozenset(
 )
 # flywheel's own request headers (X-Prompt-Name, X-Prompt-Vars, …) stay in the proxy.
 _OWN_PREFIX = "x-prompt-"
-# A float of 1e18 or more, as orjson writes it: maybe an integer orjson could not hold.
-_HUGE_FLOAT = re.compile(rb"[0-9]e(?:1[89]|[2-9][0-9]|[1-3][0-9][0-9])")
+# A float of 1e18 or more as orjson writes it (3.8 writes "e18", 3.13 "e+18"): maybe an
+# integer orjson could not hold.
+_HUGE_FLOAT = re.compile(rb"[0-9]e\+?(?:1[89]|[2-9][0-9]|[1-3][0-9][0-9])")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -98,7 +99,7 @@ class Call:
             out = orjson.dumps(self.body)
         except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (255 levels)
             raise InvalidRequest(f"The request body cannot be rewritten: {exc}.") from exc
-        if (b"e1" in out or b"e2" in out or b"e3" in out) and _HUGE_FLOAT.search(out):
+        if (b"e+" in out or b"e1" in out or b"e2" in out or b"e3" in out) and _HUGE_FLOAT.search(out):
             return self._exact_payload()
         return out
 
