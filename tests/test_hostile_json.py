@@ -77,7 +77,8 @@ async def test_numbers_orjson_cannot_hold_survive_a_rewrite(
     number: str, upstream: FakeUpstream, proxy: RunningProxy
 ) -> None:
     # A stream gets stream_options added, so the body is written again; orjson reads integers
-    # beyond 64 bits as floats, which must not reach the provider changed.
+    # beyond 64 bits as floats, which must not reach the provider changed. 1e20 is a real
+    # float that takes the same exact path and must stay a float.
     body = f'{{"model": "m", "stream": true, "seed": {number}, "x": [{{"y": {number}}}], "messages": {MESSAGES}}}'
     status, _ = await _post(proxy.url, body.encode())
     assert status == 200
