@@ -64,18 +64,23 @@ def test_a_few_spans_are_written_after_max_delay_without_a_flush(tmp_path: Path)
 
 
 def test_a_backlog_beyond_max_pending_is_dropped_and_counted(tmp_path: Path) -> None:
-    gate = threading.Event()
+    gate, writing = threading.Event(), threading.Event()
 
     class Stuck(SpansFileExporter):
         def write(self, line: bytes) -> bool:
+            writing.set()
             gate.wait(5)
             return super().write(line)
 
     dropped = _counter()
     processor = file_processor(Stuck(tmp_path / "spans.jsonl"), dropped, batch=2, max_delay=60, max_pending=4)
-    for i in range(12):  # 6 lines for a writer that can hold 2 waiting
+    processor.on_end(_span(0))
+    processor.on_end(_span(1))
+    # The writer holds the first batch alone: had it joined a second one, fewer would be dropped.
+    assert writing.wait(5)
+    for i in range(2, 12):  # 5 more batches for a writer that can hold 2 waiting
         processor.on_end(_span(i))
-    assert _count(dropped) >= 6
+    assert _count(dropped) == 6
     gate.set()
     assert processor.force_flush(5000)
     kept = len(_names(tmp_path / "spans.jsonl"))
