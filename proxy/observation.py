@@ -168,6 +168,10 @@ class EventScanner:
         self._outcome = outcome
         self._hide_usage = hide_usage
         self._buffer = bytearray()
+        # Both spellings of each marker ("a":1 and "a": 1) until the first event shows
+        # which one this provider writes: searching for half of them is half the cost.
+        self._markers = _MARKERS[outcome.endpoint == "responses", True]
+        self._spelling_known = False
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._buffer and chunk.endswith(b"\n\n"):
@@ -180,7 +184,7 @@ class EventScanner:
             complete = bytes(self._buffer[:end])
             del self._buffer[:end]
         outcome = self._outcome
-        markers = _markers(outcome.endpoint)
+        markers = self._markers
         if outcome.keep_text or b"\r" in complete:
             dropped = self._read_all(complete, markers)
         elif outcome.response_id is not None and not _marked(complete, markers):
@@ -210,6 +214,7 @@ class EventScanner:
             if self._parse(complete[start : end - 2]):
                 dropped.append((start, end))
             at = end
+        markers = self._markers  # the first event may have shown the provider's spelling
         wanted: set[tuple[int, int]] = set()
         for marker in markers:
             found = complete.find(marker, at)
@@ -236,7 +241,7 @@ class EventScanner:
         rest = bytes(self._buffer)
         self._buffer.clear()
         if rest.strip():
-            self._read(rest, _markers(self._outcome.endpoint))
+            self._read(rest, self._markers)
         return rest if self._hide_usage else b""
 
     def _read(self, event: bytes, markers: tuple[bytes, ...]) -> bool:
@@ -263,6 +268,9 @@ class EventScanner:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return False
+        if not self._spelling_known and b'":' in payload:  # an event with a key shows the spelling
+            self._spelling_known = True
+            self._markers = _MARKERS[outcome.endpoint == "responses", b'": ' in payload]
         return isinstance(parsed, dict) and outcome.read_event(parsed)
 
 
@@ -283,23 +291,19 @@ _SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 # What an event must contain to be worth parsing once the ids are known. Substring
 # tests, not one regular expression: an alternation without a literal prefix made
 # Python's re try every position (44 µs a 12-event stream against ~10 µs).
-_CHUNK_MARKERS = (
-    b"[DONE]",
-    b'"usage":{',
-    b'"usage": {',
-    b'"finish_reason":"',
-    b'"finish_reason": "',
-    b'"error":{',
-    b'"error": {',
-)
-_RESPONSE_MARKERS = (
-    b"response.completed",
-    b"response.incomplete",
-    b"response.failed",
-    b'"type":"error"',
-    b'"type": "error"',
-)
+_CHUNK_MARKERS = (b"[DONE]", b'"usage":{', b'"finish_reason":"', b'"error":{')
+_RESPONSE_MARKERS = (b"response.completed", b"response.incomplete", b"response.failed", b'"type":"error"')
 
 
-def _markers(endpoint: str) -> tuple[bytes, ...]:
-    return _RESPONSE_MARKERS if endpoint == "responses" else _CHUNK_MARKERS
+def _spaced(markers: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The markers as JSON written with a space after the colon, added to the compact ones."""
+    return markers + tuple(m.replace(b'":', b'": ') for m in markers if b'":' in m)
+
+
+# By (Responses API?, written with spaces?); both spellings while it is not known yet.
+_MARKERS = {
+    (False, False): _CHUNK_MARKERS,
+    (False, True): _spaced(_CHUNK_MARKERS),
+    (True, False): _RESPONSE_MARKERS,
+    (True, True): _spaced(_RESPONSE_MARKERS),
+}

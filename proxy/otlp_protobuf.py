@@ -22,10 +22,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from flywheel.spans.format import KeptPairs
+
 # SpanFlags as the SDK's encoder sets them: "is-remote is known", and whether it is.
 _FLAGS_LOCAL = struct.pack("<I", 0x100)
 _FLAGS_REMOTE = struct.pack("<I", 0x300)
-_PAIRS_KEPT = 4096  # encoded key/value pairs remembered; unique values (ids) churn the rest
 _SHORT = [bytes((n,)) for n in range(128)]
 
 
@@ -55,7 +56,7 @@ class ProtobufEncoder:
     """Encodes batches of spans; one per exporter (it keeps encoded attribute pairs)."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        self._pairs = KeptPairs(self._key_value)
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """One serialized ``ExportTraceServiceRequest`` holding ``spans``."""
@@ -135,23 +136,12 @@ class ProtobufEncoder:
 
     def _key_values(self, tag: bytes, attributes: Mapping[str, Any]) -> bytes:
         """Repeated ``KeyValue`` fields under ``tag``; pairs seen before come from the cache."""
-        pairs = self._pairs
-        out = []
-        for key, value in attributes.items():
-            kind = type(value)
-            cacheable = kind is not tuple or all(type(v) is str for v in value)
-            if cacheable:
-                cached = pairs.get((key, kind, value))
-                if cached is not None:
-                    out.append(tag + cached)
-                    continue
-            encoded = _field(b"", _text(b"\x0a", key) + _field(b"\x12", self._any_value(value)))
-            if cacheable:
-                if len(pairs) >= _PAIRS_KEPT:
-                    pairs.clear()
-                pairs[(key, kind, value)] = encoded
-            out.append(tag + encoded)
-        return b"".join(out)
+        encoded = self._pairs.encoded(attributes)
+        return tag + tag.join(encoded) if encoded else b""
+
+    def _key_value(self, key: str, value: Any) -> bytes:
+        """A ``KeyValue`` message, its length first (the field's tag goes in front)."""
+        return _field(b"", _text(b"\x0a", key) + _field(b"\x12", self._any_value(value)))
 
     def _any_value(self, value: Any) -> bytes:
         if isinstance(value, str):

@@ -9,18 +9,20 @@ the answer was sent) — throughput ×0.68 against ×0.81 of spans off. The I/O 
 only calls ``write(2)`` / ``send(2)``, which release the GIL; the loop never touches the
 disk or the network.
 
-A batch goes out when it has ``batch`` spans or, at low traffic, when its oldest span
-is ``max_delay`` seconds old (the I/O thread then encodes the few it finds). Batches
-waiting for the I/O thread are joined into one write (OTLP/JSON lines and serialized
-OTLP protobuf requests both concatenate). More than ``max_pending`` spans waiting are
-dropped and counted, as are spans the sink failed to take.
+Spans are encoded 64 at a time; the I/O thread wakes every ``tick`` (0.1 s), or on a
+flush, and writes every batch ready in one go (OTLP/JSON lines and serialized OTLP
+protobuf requests both concatenate). Waking it for each batch instead cost ~23 context
+switches a batch (the GIL handed back and forth with the loop): 384 against 48 a
+thousand calls under load. At low traffic the I/O thread encodes the few spans waiting
+once the oldest is ``max_delay`` seconds old. More than ``max_pending`` spans waiting
+are dropped and counted, as are spans the sink failed to take.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -56,18 +58,23 @@ class BatchedSpansProcessor(SpanProcessor):
         max_pending: int = 8192,
         name: str = "flywheel-spans",
         shutdown_timeout: float = 5.0,
+        tick: float = 0.1,
     ) -> None:
         self._encode = encode
         self._sink = sink
         self._dropped = dropped
         self._batch = batch
         self._max_delay = max_delay
+        self._tick = min(tick, max_delay)
         self._max_batches = max(1, max_pending // batch)
         self._shutdown_timeout = shutdown_timeout
         self._lock = threading.Lock()
         self._pending: list[ReadableSpan] = []
         self._oldest = 0.0
-        self._batches: queue.Queue[_Item] = queue.Queue()
+        # Appended to by the loop, emptied by the I/O thread: a deque needs no lock and,
+        # unlike a queue, wakes nobody.
+        self._ready: deque[_Item] = deque()
+        self._wake = threading.Event()
         self._io = threading.Thread(target=self._send_batches, name=name, daemon=True)
         self._io.start()
 
@@ -87,23 +94,27 @@ class BatchedSpansProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self._flush_pending()
         done = threading.Event()
-        self._batches.put(done)  # behind every batch queued before it; the I/O thread sets it
+        self._signal(done)  # behind every batch queued before it; the I/O thread sets it
         return done.wait(timeout_millis / 1000)
 
     def shutdown(self) -> None:
         """Send what is left; a sink still retrying after ``shutdown_timeout`` is stopped
         (its spans counted as dropped), so an unreachable collector cannot hold up exit."""
         self._flush_pending()
-        self._batches.put(None)
+        self._signal(None)
         self._io.join(timeout=self._shutdown_timeout)
         self._sink.shutdown()
         self._io.join(timeout=self._shutdown_timeout)
 
+    def _signal(self, control: threading.Event | None) -> None:
+        self._ready.append(control)
+        self._wake.set()
+
     def _enqueue(self, spans: list[ReadableSpan]) -> None:
-        if self._batches.qsize() >= self._max_batches:  # the sink cannot keep up: drop, and say so
+        if len(self._ready) >= self._max_batches:  # the sink cannot keep up: drop, and say so
             self._dropped.inc(len(spans))
             return
-        self._batches.put((self._encode(spans), len(spans)))
+        self._ready.append((self._encode(spans), len(spans)))
 
     def _flush_pending(self) -> None:
         with self._lock:
@@ -112,38 +123,35 @@ class BatchedSpansProcessor(SpanProcessor):
             self._enqueue(spans)
 
     def _send_batches(self) -> None:
+        """Wake every ``tick`` (or when flushed) and send all that is ready: waking per
+        batch instead cost the loop a GIL hand-over each time (see the module's doc)."""
         while True:
-            try:
-                item = self._batches.get(timeout=self._max_delay)
-            except queue.Empty:
-                if self._pending and time.monotonic() - self._oldest >= self._max_delay:
-                    self._flush_pending()  # low traffic: a few spans, encoded here
-                continue
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            payload, count, held = self._join(*item)
-            if not self._sink.write(payload):
-                self._dropped.inc(count)
-            for control in held:  # a flush or stop met while joining: acted on after the write
-                if control is None:
+            self._wake.wait(self._tick)
+            self._wake.clear()
+            if self._pending and time.monotonic() - self._oldest >= self._max_delay:
+                self._flush_pending()  # low traffic: a few spans, encoded here
+            while self._ready:
+                if not self._send_some():
                     return
-                control.set()
 
-    def _join(self, payload: bytes, count: int) -> tuple[bytes, int, list[threading.Event | None]]:
-        """Add the batches already waiting, up to 1 MiB."""
-        parts = [payload]
-        size = len(payload)
-        while size < _JOINED_MAX:
-            try:
-                item = self._batches.get_nowait()
-            except queue.Empty:
-                break
+    def _send_some(self) -> bool:
+        """Write the ready batches, up to 1 MiB, in one go; act on a flush or stop met on
+        the way. False once stopped."""
+        parts: list[bytes] = []
+        size = count = 0
+        control: threading.Event | None | bool = False
+        while self._ready and size < _JOINED_MAX:
+            item = self._ready.popleft()
             if item is None or isinstance(item, threading.Event):
-                return b"".join(parts), count, [item]
+                control = item
+                break
             parts.append(item[0])
             size += len(item[0])
             count += item[1]
-        return b"".join(parts), count, []
+        if parts and not self._sink.write(b"".join(parts)):
+            self._dropped.inc(count)
+        if control is None:
+            return False
+        if isinstance(control, threading.Event):
+            control.set()
+        return True

@@ -108,3 +108,25 @@ def test_one_read_of_a_whole_stream_parses_only_what_it_records() -> None:
     assert parsed == [events[0], events[-3], events[-2], events[-1]]
     assert (outcome.response_id, outcome.finish_reasons, outcome.output_tokens) == ("c0", {0: "stop"}, 6)
     assert outcome.completed
+
+
+def test_a_provider_that_writes_json_with_spaces_is_read_all_the_same() -> None:
+    """After the first event the scanner looks only for the spelling the provider uses."""
+    spaced = [
+        b'data: {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": "a"}}]}',
+        b'data: {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}',
+        b'data: {"id": "c1", "model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}',
+        b"data: [DONE]",
+    ]
+    for reads in (spaced, [b"\n\n".join(spaced)]):  # event by event, and all in one read
+        outcome = Outcome("chat/completions")
+        scanner = EventScanner(outcome, hide_usage=True)
+        relayed = b"".join(scanner.feed(read + b"\n\n") for read in reads) + scanner.close()
+        assert relayed == spaced[0] + b"\n\n" + spaced[1] + b"\n\n" + spaced[3] + b"\n\n"
+        assert (outcome.response_id, outcome.finish_reasons, outcome.input_tokens, outcome.output_tokens) == (
+            "c1",
+            {0: "stop"},
+            3,
+            4,
+        )
+        assert outcome.completed

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from flywheel.spans import JsonEncoder, decode_line, encode_spans
+from flywheel.spans.format import KeptPairs
 from tests.spans import VARIED_ATTRIBUTES, varied_spans
 
 
@@ -59,3 +60,26 @@ def test_the_encoder_that_keeps_pairs_writes_the_same_lines() -> None:
 
 def _span_with(attributes: dict[str, Any]) -> ReadableSpan:
     return ReadableSpan("s", SpanContext(1, 2, False, TraceFlags(1)), attributes=attributes)
+
+
+def test_kept_pairs_keep_what_repeats_and_stop_keeping_unique_values() -> None:
+    made: list[tuple[str, object]] = []
+
+    def encode(key: str, value: object) -> bytes:
+        made.append((key, value))
+        return f"{key}={value!r}".encode()
+
+    pairs = KeptPairs(encode, per_key=8, longest=10)
+    for i in range(100):
+        attributes = {"op": "chat", "id": f"req-{i}", "long": "x" * 11, "reasons": ("stop",), "list": ["a"]}
+        assert pairs.encoded(attributes) == [
+            b"op='chat'",
+            f"id='req-{i}'".encode(),
+            b"long='xxxxxxxxxxx'",
+            b"reasons=('stop',)",
+            b"list=['a']",
+        ]
+    assert made.count(("op", "chat")) == 1 and made.count(("reasons", ("stop",))) == 1  # kept
+    assert made.count(("long", "x" * 11)) == 100 and made.count(("list", ["a"])) == 100  # too long, unhashable
+    assert len(pairs) == 2  # op and reasons: the ids were let go once the key had shown more than 8 values
+    assert pairs.encoded({"flag": True}) == [b"flag=True"] and pairs.encoded({"flag": 1}) == [b"flag=1"]

@@ -28,94 +28,143 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return JsonEncoder().encode(spans)
 
 
+class KeptPairs:
+    """Attribute key/value pairs encoded by ``encode``, kept for the values that repeat
+    from span to span (operation, provider, model, prompt version, status): a key that
+    shows more than ``per_key`` distinct values (request ids, timings, token counts) is
+    encoded afresh every time, so unique values never churn the rest out. Shared by the
+    JSON and the protobuf encoder; one per encoder (not thread-safe)."""
+
+    def __init__(self, encode: Callable[[str, Any], bytes], per_key: int = 256, longest: int = 256) -> None:
+        self._encode = encode
+        self._per_key = per_key
+        self._longest = longest  # longer strings (captured content) are not kept
+        self._by_key: dict[str, dict[Any, tuple[type, bytes]] | None] = {}  # None: not kept
+
+    def __len__(self) -> int:
+        return sum(len(kept) for kept in self._by_key.values() if kept)
+
+    def encoded(self, attributes: Mapping[str, Any]) -> list[bytes]:
+        """Each pair's encoding, in order."""
+        by_key = self._by_key
+        out = []
+        for key, value in attributes.items():
+            kept = by_key.get(key, _NEW)
+            if kept:
+                try:
+                    found = kept.get(value)
+                except TypeError:  # unhashable (a list)
+                    found = None
+                if found is not None and found[0] is type(value):  # True == 1, but they encode apart
+                    out.append(found[1])
+                    continue
+            out.append(self._missed(key, value, kept))
+        return out
+
+    def _missed(self, key: str, value: Any, kept: dict[Any, tuple[type, bytes]] | None) -> bytes:
+        encoded = self._encode(key, value)
+        if kept is None:
+            return encoded
+        kind = type(value)
+        if not (
+            kind is int
+            or kind is bool
+            or kind is float
+            or (kind is str and len(value) <= self._longest)
+            or (kind is tuple and all(type(v) is str for v in value))  # finish reasons
+        ):
+            return encoded
+        if kept is _NEW:
+            kept = self._by_key[key] = {}
+        if len(kept) < self._per_key:
+            kept[value] = (kind, encoded)
+        else:
+            self._by_key[key] = None
+        return encoded
+
+
+_NEW: dict[Any, tuple[type, bytes]] = {}  # a key not seen yet (empty, so falsy like None)
+
+
 class JsonEncoder:
-    """Encodes batches of spans to OTLP/JSON lines, keeping the key/value pairs it built:
-    most of a call span's attributes repeat from call to call (15 → 9 µs a span)."""
+    """Encodes batches of spans to OTLP/JSON lines, written as bytes from kept pieces
+    (:class:`KeptPairs`); the rare parts (events, links) go through orjson. 14.5 → 5 µs
+    a proxy call span with a unique request id, against building the document as
+    dicts for orjson."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, Any], dict[str, Any]] = {}
+        self._pairs = KeptPairs(_key_value)
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """One OTLP/JSON line (with its newline) holding ``spans``."""
-        return _encode(spans, self._key_values)
+        # Grouped by identity: hashing a Resource serializes its attributes every time.
+        grouped: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
+        for span in spans:
+            _, by_scope = grouped.setdefault(id(span.resource), (span.resource, {}))
+            scoped = by_scope.setdefault(id(span.instrumentation_scope), (span.instrumentation_scope, []))
+            scoped[1].append(self._span(span))
+        resource_spans = []
+        for resource, scopes in grouped.values():
+            entry = b'{"resource":' + orjson.dumps(
+                {"attributes": _key_values(resource.attributes)} if resource.attributes else {}
+            )
+            scope_spans = [
+                (b'{"scope":' + orjson.dumps(_scope(scope)) + b"," if scope is not None else b"{")
+                + b'"spans":['
+                + b",".join(encoded)
+                + b"]}"
+                for scope, encoded in scopes.values()
+            ]
+            entry += b',"scopeSpans":[' + b",".join(scope_spans) + b"]"
+            if resource.schema_url:
+                entry += b',"schemaUrl":' + orjson.dumps(resource.schema_url)
+            resource_spans.append(entry + b"}")
+        return b'{"resourceSpans":[' + b",".join(resource_spans) + b"]}\n"
 
-    def _key_values(self, attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
-        pairs = self._pairs
-        out = []
-        for key, value in attributes.items():
-            kind = type(value)
-            if kind is tuple or kind is list or kind is dict:  # unhashable, or holding mixed types
-                out.append({"key": key, "value": _any_value(value)})
-                continue
-            pair = pairs.get((key, kind, value))
-            if pair is None:
-                if len(pairs) >= _PAIRS_KEPT:
-                    pairs.clear()
-                pair = pairs[(key, kind, value)] = _key_values({key: value})[0]
-            out.append(pair)
-        return out
+    def _span(self, span: ReadableSpan) -> bytes:
+        context = span.get_span_context()
+        assert context is not None
+        parts = [b'{"traceId":"%032x","spanId":"%016x"' % (context.trace_id, context.span_id)]
+        if context.trace_state:
+            parts.append(b',"traceState":' + orjson.dumps(context.trace_state.to_header()))
+        parent = span.parent
+        if parent is not None:
+            parts.append(b',"parentSpanId":"%016x"' % parent.span_id)
+        parts.append(
+            b',"flags":%d,"name":%b,"kind":%d,"startTimeUnixNano":"%d","endTimeUnixNano":"%d"'
+            % (
+                _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL,
+                orjson.dumps(span.name),
+                span.kind.value + 1,  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+                span.start_time or 0,
+                span.end_time or 0,
+            )
+        )
+        if span.attributes:
+            parts.append(b',"attributes":[' + b",".join(self._pairs.encoded(span.attributes)) + b"]")
+        if span.dropped_attributes:
+            parts.append(b',"droppedAttributesCount":%d' % span.dropped_attributes)
+        if span.events:
+            parts.append(b',"events":' + orjson.dumps([_event(e) for e in span.events]))
+        if span.links:
+            parts.append(b',"links":' + orjson.dumps([_link(link) for link in span.links]))
+        status: dict[str, Any] = {}
+        if span.status.description:
+            status["message"] = span.status.description
+        if span.status.status_code.value:
+            status["code"] = span.status.status_code.value
+        parts.append(b',"status":' + orjson.dumps(status) + b"}")
+        return b"".join(parts)
 
 
-_PAIRS_KEPT = 4096  # unique values (ids) churn the rest
-KeyValues = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+def _key_value(key: str, value: Any) -> bytes:
+    return orjson.dumps({"key": key, "value": _any_value(value)})
 
 
-def _encode(spans: Sequence[ReadableSpan], key_values: KeyValues) -> bytes:
-    # Grouped by identity: hashing a Resource serializes its attributes every time.
-    grouped: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[dict[str, Any]]]]]] = {}
-    for span in spans:
-        _, by_scope = grouped.setdefault(id(span.resource), (span.resource, {}))
-        scoped = by_scope.setdefault(id(span.instrumentation_scope), (span.instrumentation_scope, []))
-        scoped[1].append(_span(span, key_values))
-    resource_spans = []
-    for resource, scopes in grouped.values():
-        entry: dict[str, Any] = {
-            "resource": {"attributes": _key_values(resource.attributes)} if resource.attributes else {}
-        }
-        entry["scopeSpans"] = [
-            {**({"scope": _scope(scope)} if scope is not None else {}), "spans": encoded}
-            for scope, encoded in scopes.values()
-        ]
-        if resource.schema_url:
-            entry["schemaUrl"] = resource.schema_url
-        resource_spans.append(entry)
-    return orjson.dumps({"resourceSpans": resource_spans}) + b"\n"
-
-
-def _span(span: ReadableSpan, key_values: KeyValues) -> dict[str, Any]:
-    context = span.get_span_context()
-    assert context is not None
-    out: dict[str, Any] = {"traceId": f"{context.trace_id:032x}", "spanId": f"{context.span_id:016x}"}
-    if context.trace_state:
-        out["traceState"] = context.trace_state.to_header()
-    if span.parent is not None:
-        out["parentSpanId"] = f"{span.parent.span_id:016x}"
-    out["flags"] = _FLAGS_REMOTE if span.parent is not None and span.parent.is_remote else _FLAGS_LOCAL
-    out["name"] = span.name
-    out["kind"] = span.kind.value + 1  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
-    out["startTimeUnixNano"] = str(span.start_time or 0)
-    out["endTimeUnixNano"] = str(span.end_time or 0)
-    if span.attributes:
-        out["attributes"] = key_values(span.attributes)
-    if span.dropped_attributes:
-        out["droppedAttributesCount"] = span.dropped_attributes
-    if span.events:
-        out["events"] = [
-            {
-                "timeUnixNano": str(e.timestamp),
-                "name": e.name,
-                **({"attributes": _key_values(e.attributes)} if e.attributes else {}),
-            }
-            for e in span.events
-        ]
-    if span.links:
-        out["links"] = [_link(link) for link in span.links]
-    status: dict[str, Any] = {}
-    if span.status.description:
-        status["message"] = span.status.description
-    if span.status.status_code.value:
-        status["code"] = span.status.status_code.value
-    out["status"] = status
+def _event(event: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"timeUnixNano": str(event.timestamp), "name": event.name}
+    if event.attributes:
+        out["attributes"] = _key_values(event.attributes)
     return out
 
 
