@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter
@@ -124,6 +124,9 @@ class CallSpans:
         self.enabled = not isinstance(provider.get_tracer(SCOPE.name), trace.NoOpTracer)
         self._ids = provider.id_generator
         self._sampler = provider.sampler
+        # The SDK's default sampler follows the parent's flag and samples roots: decided
+        # here, it saves ~2 µs of the ~2.6 µs a span start costs.
+        self._parent_based_always_on = provider.sampler is sampling.DEFAULT_ON
         self._resource = provider.resource
         self._processor = tracing.processor
 
@@ -132,10 +135,15 @@ class CallSpans:
         if parent_span is not None and not parent_span.is_valid:
             parent_span = None
         trace_id = parent_span.trace_id if parent_span is not None else self._ids.generate_trace_id()
-        sampling = self._sampler.should_sample(parent, trace_id, name, SpanKind.CLIENT)
-        sampled = sampling.decision.is_sampled()  # type: ignore[no-untyped-call]
+        if self._parent_based_always_on:
+            sampled = parent_span.trace_flags.sampled if parent_span is not None else True
+            trace_state = parent_span.trace_state if parent_span is not None else None
+        else:
+            decided = self._sampler.should_sample(parent, trace_id, name, SpanKind.CLIENT)
+            sampled = decided.decision.is_sampled()  # type: ignore[no-untyped-call]
+            trace_state = decided.trace_state
         flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, sampling.trace_state)
+        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, trace_state)
         return OpenSpan(context, parent_span, start_ns)
 
     def end(

@@ -54,3 +54,15 @@ async def test_sdk_disabled_records_nothing_and_sends_no_traceparent(
     await _call(Tracing.around(SimpleSpanProcessor(collector)), upstream, {})
     assert collector.get_finished_spans() == ()
     assert "traceparent" not in upstream.seen[-1].headers
+
+
+async def test_the_default_sampler_follows_an_unsampled_parent(upstream: FakeUpstream) -> None:
+    collector = SpanCollector()
+    unsampled = PARENT[:-2] + "00"
+    headers = {"traceparent": unsampled, "tracestate": "vendor=1"}
+    await _call(Tracing.around(SimpleSpanProcessor(collector)), upstream, headers)
+    assert collector.get_finished_spans() == ()
+    sent = upstream.seen[-1].headers
+    assert sent["traceparent"].startswith(f"00-{PARENT.split('-')[1]}-") and sent["traceparent"].endswith("-00")
+    assert sent["traceparent"].split("-")[2] != PARENT.split("-")[2]  # the proxy's own span id
+    assert sent["tracestate"] == "vendor=1"

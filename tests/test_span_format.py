@@ -83,3 +83,4 @@ def test_kept_pairs_keep_what_repeats_and_stop_keeping_unique_values() -> None:
     assert made.count(("long", "x" * 11)) == 100 and made.count(("list", ["a"])) == 100  # too long, unhashable
     assert len(pairs) == 2  # op and reasons: the ids were let go once the key had shown more than 8 values
     assert pairs.encoded({"flag": True}) == [b"flag=True"] and pairs.encoded({"flag": 1}) == [b"flag=1"]
+    assert pairs.encoded({"t": 0.0}) == [b"t=0.0"] and pairs.encoded({"t": -0.0}) == [b"t=-0.0"]  # equal, not alike

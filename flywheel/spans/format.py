@@ -69,7 +69,7 @@ class KeptPairs:
         if not (
             kind is int
             or kind is bool
-            or kind is float
+            or (kind is float and value == value and value != 0)  # -0.0 == 0.0 and NaN != NaN
             or (kind is str and len(value) <= self._longest)
             or (kind is tuple and all(type(v) is str for v in value))  # finish reasons
         ):
