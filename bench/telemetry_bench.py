@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import tempfile
 import threading
 import urllib.request
@@ -87,10 +88,10 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
 def _throughput(
     urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float
 ) -> dict[str, Any]:
-    """Three wrk rounds per arm, the order rotating, so drift on a shared machine hits every
-    arm; with the proxy's CPU time per request."""
+    """One wrk round per arm and per place in the order (four), the order rotating, so drift
+    on a shared machine hits every arm alike; with the proxy's CPU time per request."""
     rounds = []
-    for i in range(3):
+    for i in range(len(ARMS)):
         measured = {}
         for arm in ARMS[i:] + ARMS[:i]:
             before = cpu_seconds(pids[arm])
@@ -98,8 +99,8 @@ def _throughput(
             requests = result["requests_per_s"] * duration
             measured[arm] = {**result, "cpu_us_per_request": (cpu_seconds(pids[arm]) - before) / requests * 1e6}
         rounds.append(measured)
-    medians = {arm: sorted(r[arm]["requests_per_s"] for r in rounds)[1] for arm in ARMS}
-    cpu = {arm: sorted(r[arm]["cpu_us_per_request"] for r in rounds)[1] for arm in ARMS}
+    medians = {arm: statistics.median(r[arm]["requests_per_s"] for r in rounds) for arm in ARMS}
+    cpu = {arm: statistics.median(r[arm]["cpu_us_per_request"] for r in rounds) for arm in ARMS}
     ratios = {
         f"{arm}_vs_{base}": sorted(r[arm]["requests_per_s"] / r[base]["requests_per_s"] for r in rounds)
         for arm, base in COMPARED
@@ -128,7 +129,7 @@ def _dropped(url: str) -> float:
 def markdown(r: dict[str, Any]) -> str:
     tj, ts = r["throughput_json"], r["throughput_stream"]
     rows = [
-        "| 32 connections, median of 3 rounds | " + " | ".join(NAMES[a] for a in ARMS) + " |",
+        f"| 32 connections, median of {len(ARMS)} rounds | " + " | ".join(NAMES[a] for a in ARMS) + " |",
         "|---|" + "---|" * len(ARMS),
     ]
     for label, t in (("JSON throughput", tj), ("stream throughput", ts)):
@@ -143,7 +144,7 @@ def markdown(r: dict[str, Any]) -> str:
     rows.append("| errors (socket / non-2xx), all rounds | " + " | ".join(_errors(r, a) for a in ARMS) + " |")
     rows += [
         "",
-        "| median (the 3 rounds) | JSON throughput | stream throughput | JSON by CPU | stream by CPU | target |",
+        f"| median (the {len(ARMS)} rounds) | JSON throughput | stream throughput | JSON by CPU | stream by CPU | target |",
         "|---|---|---|---|---|---|",
     ]
     for arm, base in COMPARED:
@@ -151,7 +152,7 @@ def markdown(r: dict[str, Any]) -> str:
         for key in ("ratios", "cpu_ratios"):
             for t in (tj, ts):
                 values = t[key][f"{arm}_vs_{base}"]
-                cells.append(f"×{values[1]:.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+                cells.append(f"×{statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
         target = "≥ ×0.75" if arm in ("on", "otlp") else ""
         rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | " + " | ".join(cells) + f" | {target} |")
     notes = (
