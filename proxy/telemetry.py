@@ -94,7 +94,8 @@ class Telemetry:
             _inject(span.context, call.headers)
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight += 1
-        return CallTrace(self, call, span, operation, started, bearer_token(headers))
+        credential = bearer_token(headers) if self.content.enabled else None  # masked in captured content
+        return CallTrace(self, call, span, operation, started, credential)
 
     def upstream_attributes(self, upstream: Upstream) -> dict[str, Any]:
         """Provider and server attributes, worked out once per configured upstream."""
@@ -266,7 +267,9 @@ class CallTrace:
     ) -> dict[str, Any]:
         call, outcome = self._call, self._call.outcome
         assert outcome is not None
-        attributes = self._attributes | self._request_attributes() | self._response_attributes(outcome)
+        attributes = self._attributes.copy()
+        self._add_request_attributes(attributes)
+        self._add_response_attributes(attributes, outcome)
         if status is not None:
             attributes[sc.HTTP_STATUS_CODE] = status
         if outcome.first_chunk_at is not None and call.stream:
@@ -281,21 +284,18 @@ class CallTrace:
             attributes[sc.ERROR_TYPE] = error
         return attributes
 
-    def _request_attributes(self) -> dict[str, Any]:
+    def _add_request_attributes(self, attributes: dict[str, Any]) -> None:
         call = self._call
         assert call.body is not None
-        attributes: dict[str, Any] = {}
         if call.model:
             attributes[sc.REQUEST_MODEL] = call.model
         for key, name, kind in _REQUEST_PARAMS:
             value = call.body.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 attributes[name] = kind(value)
-        return attributes
 
     @staticmethod
-    def _response_attributes(outcome: Outcome) -> dict[str, Any]:
-        attributes: dict[str, Any] = {}
+    def _add_response_attributes(attributes: dict[str, Any], outcome: Outcome) -> None:
         if outcome.response_model:
             attributes[sc.RESPONSE_MODEL] = outcome.response_model
         if outcome.response_id:
@@ -308,7 +308,6 @@ class CallTrace:
             attributes[sc.USAGE_INPUT_TOKENS] = outcome.input_tokens
         if outcome.output_tokens is not None:
             attributes[sc.USAGE_OUTPUT_TOKENS] = outcome.output_tokens
-        return attributes
 
     def _schema_check(self, outcome: Outcome, error: str | None) -> bool | None:
         applied = self._applied

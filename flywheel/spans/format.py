@@ -17,6 +17,7 @@ import orjson
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 # SpanFlags as the SDK's encoder sets them: "is-remote is known", and whether it is.
 _FLAGS_LOCAL = 0x100
@@ -33,7 +34,8 @@ class KeptPairs:
     from span to span (operation, provider, model, prompt version, status): a key that
     shows more than ``per_key`` distinct values (request ids, timings, token counts) is
     encoded afresh every time, so unique values never churn the rest out. Shared by the
-    JSON and the protobuf encoder; one per encoder (not thread-safe)."""
+    JSON and the protobuf encoder. Used from the loop and the spans' I/O thread at once,
+    it stays right: every entry is its value's encoding, so a race only keeps one less."""
 
     def __init__(self, encode: Callable[[str, Any], bytes], per_key: int = 256, longest: int = 256) -> None:
         self._encode = encode
@@ -88,8 +90,8 @@ _NEW: dict[Any, tuple[type, bytes]] = {}  # a key not seen yet (empty, so falsy 
 
 class JsonEncoder:
     """Encodes batches of spans to OTLP/JSON lines, written as bytes from kept pieces
-    (:class:`KeptPairs`); the rare parts (events, links) go through orjson. 14.5 → 5 µs
-    a proxy call span with a unique request id, against building the document as
+    (:class:`KeptPairs`); the rare parts (events, links) go through orjson. 6.5 µs a
+    proxy call span with a unique request id, against 14.5 µs building the document as
     dicts for orjson."""
 
     def __init__(self) -> None:
@@ -135,7 +137,7 @@ class JsonEncoder:
             % (
                 _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL,
                 orjson.dumps(span.name),
-                span.kind.value + 1,  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+                _KINDS[span.kind],
                 span.start_time or 0,
                 span.end_time or 0,
             )
@@ -148,17 +150,29 @@ class JsonEncoder:
             parts.append(b',"events":' + orjson.dumps([_event(e) for e in span.events]))
         if span.links:
             parts.append(b',"links":' + orjson.dumps([_link(link) for link in span.links]))
-        status: dict[str, Any] = {}
-        if span.status.description:
-            status["message"] = span.status.description
-        if span.status.status_code.value:
-            status["code"] = span.status.status_code.value
-        parts.append(b',"status":' + orjson.dumps(status) + b"}")
+        status = span.status
+        if status.description:
+            parts.append(b',"status":' + orjson.dumps(_status(status)) + b"}")
+        else:
+            parts.append(_STATUS_ENDS[status.status_code])
         return b"".join(parts)
 
 
 def _key_value(key: str, value: Any) -> bytes:
     return orjson.dumps({"key": key, "value": _any_value(value)})
+
+
+def _status(status: Status) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if status.description:
+        out["message"] = status.description
+    if status.status_code.value:
+        out["code"] = status.status_code.value
+    return out
+
+
+_KINDS = {kind: kind.value + 1 for kind in SpanKind}  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+_STATUS_ENDS = {code: b',"status":' + orjson.dumps(_status(Status(code))) + b"}" for code in StatusCode}
 
 
 def _event(event: Any) -> dict[str, Any]:
