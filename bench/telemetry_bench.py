@@ -13,6 +13,7 @@ same, with the spans sent over OTLP/HTTP (protobuf) instead, to nginx accepting
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import statistics
 import tempfile
@@ -77,6 +78,7 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
             for stream in (False, True):
                 kind = "stream" if stream else "json"
                 results[f"throughput_{kind}"] = _throughput(urls, pids, stream, connections, duration)
+                results[f"together_{kind}"] = _together(urls, pids, stream, connections // 2, duration / 2)
             results["scrapes"] = len(scrapes)
             results["rss_mb_on"] = rss_mb(on_process.pid)
             results["rss_mb_otlp"] = rss_mb(otlp_process.pid)
@@ -118,6 +120,26 @@ def _throughput(
     }
 
 
+def _together(
+    urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float, rounds: int = 5
+) -> dict[str, Any]:
+    """Every arm under its own wrk at the same time, so all see the same moment of a host
+    whose speed drifts: the CPU time a request per arm, and the ratios of COMPARED."""
+    measured = []
+    with concurrent.futures.ThreadPoolExecutor(len(ARMS)) as pool:
+        for _ in range(rounds):
+            before = {arm: cpu_seconds(pids[arm]) for arm in ARMS}
+            runs = {arm: pool.submit(wrk, urls[arm], stream, connections, duration) for arm in ARMS}
+            done = {arm: run.result() for arm, run in runs.items()}
+            measured.append({arm: (cpu_seconds(pids[arm]) - before[arm]) / done[arm]["requests"] * 1e6 for arm in ARMS})
+    return {
+        "connections": connections,
+        "duration_s": duration,
+        "cpu_us_per_request": measured,
+        "cpu_ratios": {f"{arm}_vs_{base}": sorted(m[base] / m[arm] for m in measured) for arm, base in COMPARED},
+    }
+
+
 def _dropped(url: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
@@ -144,20 +166,26 @@ def markdown(r: dict[str, Any]) -> str:
     rows.append("| errors (socket / non-2xx), all rounds | " + " | ".join(_errors(r, a) for a in ARMS) + " |")
     rows += [
         "",
-        f"| median (the {len(ARMS)} rounds) | JSON throughput | stream throughput | JSON by CPU | stream by CPU | target |",
-        "|---|---|---|---|---|---|",
+        f"| median (the {len(ARMS)} rounds) | JSON throughput | stream throughput | JSON by CPU | stream by CPU "
+        "| JSON by CPU, all at once | stream by CPU, all at once | target |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm, base in COMPARED:
         cells = []
         for key in ("ratios", "cpu_ratios"):
             for t in (tj, ts):
                 values = t[key][f"{arm}_vs_{base}"]
-                cells.append(f"×{statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+                cells.append(_median_of(values))
+        for t in (r["together_json"], r["together_stream"]):
+            cells.append(_median_of(t["cpu_ratios"][f"{arm}_vs_{base}"]))
         target = "≥ ×0.75" if arm in ("on", "otlp") else ""
         rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | " + " | ".join(cells) + f" | {target} |")
     notes = (
         "\n\nBy CPU: the base's CPU time per request over the arm's (each proxy is saturated in its rounds, "
         "so it tracks the throughput ratio: the spread is the VM's speed moving, not scheduling). "
+        "All at once: the four proxies loaded together, each by its own wrk "
+        f"({r['together_json']['connections']} connections, {r['together_json']['duration_s']:g} s, "
+        f"{len(r['together_json']['cpu_us_per_request'])} rounds), the same moment's speed for all. "
         f"No telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
         f"Spans off: `OTEL_SDK_DISABLED=true` (metrics and reading of answers stay on). "
         f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB in the spans file at the end "
@@ -166,6 +194,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"`/v1/traces`): RSS {r['rss_mb_otlp']:.0f} MB at the end, {r['otlp_dropped']:,.0f} spans dropped.\n"
     )
     return "\n".join(rows) + notes
+
+
+def _median_of(values: list[float]) -> str:
+    return f"×{statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})"
 
 
 def _errors(r: dict[str, Any], side: str) -> str:
