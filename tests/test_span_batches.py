@@ -31,6 +31,19 @@ def _count(counter: Counter) -> float:
     return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
 
 
+class Watched(SpansFileExporter):
+    """The spans file, saying when something was written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.written = threading.Event()
+
+    def write(self, line: bytes) -> bool:
+        ok = super().write(line)
+        self.written.set()
+        return ok
+
+
 def _names(path: Path) -> list[str]:
     return [s.name for s in open_span_source(path).spans()] if path.exists() else []
 
@@ -48,35 +61,21 @@ def test_full_batches_go_out_and_flush_takes_the_rest(tmp_path: Path) -> None:
 
 def test_a_full_batch_is_written_at_the_next_tick_without_a_signal(tmp_path: Path) -> None:
     path = tmp_path / "spans.jsonl"
-    written = threading.Event()
-
-    class Watched(SpansFileExporter):
-        def write(self, line: bytes) -> bool:
-            ok = super().write(line)
-            written.set()
-            return ok
-
-    processor = file_processor(Watched(path), _counter(), batch=2, max_delay=60, tick=0.05)
+    exporter = Watched(path)
+    processor = file_processor(exporter, _counter(), batch=2, max_delay=60, tick=0.05)
     processor.on_end(_span(0))
     processor.on_end(_span(1))  # a full batch: encoded here, left for the I/O thread to find
-    assert written.wait(5)
+    assert exporter.written.wait(5)
     assert _names(path) == ["s0", "s1"]
     processor.shutdown()
 
 
 def test_a_few_spans_are_written_after_max_delay_without_a_flush(tmp_path: Path) -> None:
     path = tmp_path / "spans.jsonl"
-    written = threading.Event()
-
-    class Watched(SpansFileExporter):
-        def write(self, line: bytes) -> bool:
-            ok = super().write(line)
-            written.set()
-            return ok
-
-    processor = file_processor(Watched(path), _counter(), batch=64, max_delay=0.05)
+    exporter = Watched(path)
+    processor = file_processor(exporter, _counter(), batch=64, max_delay=0.05)
     processor.on_end(_span(1))
-    assert written.wait(5)  # nobody flushed: the writer thread found the stale batch
+    assert exporter.written.wait(5)  # nobody flushed: the writer thread found the stale batch
     assert _names(path) == ["s1"]
     processor.shutdown()
 
