@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -62,12 +63,18 @@ class OtlpSettings:
         except ValueError:
             raise ValueError(f"OTEL_EXPORTER_OTLP_TIMEOUT={timeout!r}: give seconds") from None
         endpoint, insecure = _endpoint(environ, protocol)
+        tls_files = {}
         for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
             variable = next(
                 (v for v in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}") if environ.get(v)), ""
             )
             if variable and not os.access(environ[variable], os.R_OK):
                 raise ValueError(f"{variable}={environ[variable]!r}: no readable file there")
+            if variable:
+                tls_files[name] = (variable, environ[variable])
+        secure = urlsplit(endpoint).scheme == "https" if protocol == "http/protobuf" else not insecure
+        if secure:
+            _check_tls_files(tls_files)
         return cls(
             protocol=protocol,
             endpoint=endpoint,
@@ -100,6 +107,33 @@ def _endpoint(environ: Mapping[str, str], protocol: str) -> tuple[str, bool]:
     if urlsplit(endpoint).scheme not in ("http", "https"):
         raise ValueError(f"{name}={endpoint!r}: use an http:// or https:// URL")
     return endpoint, True  # "insecure" is a gRPC setting; over HTTP the URL's scheme decides
+
+
+def _check_tls_files(files: Mapping[str, tuple[str, str]]) -> None:
+    """Load the PEM files the exporter will use, so a broken one stops start-up with its
+    variable named rather than with a traceback (HTTP) or a failing export (gRPC, which
+    reads them only when it connects). ``files``: setting → (variable, path)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if "CERTIFICATE" in files:
+        variable, path = files["CERTIFICATE"]
+        try:
+            context.load_verify_locations(cafile=path)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{variable}={path!r}: no PEM certificate there ({exc.reason or exc})") from exc
+    if "CLIENT_CERTIFICATE" in files:
+        variable, path = files["CLIENT_CERTIFICATE"]
+        named = f"{variable}={path!r}"
+        key_path = None
+        if "CLIENT_KEY" in files:
+            key_variable, key_path = files["CLIENT_KEY"]
+            named += f" with {key_variable}={key_path!r}"
+        try:
+            # An encrypted key would make OpenSSL prompt on the terminal: refused instead.
+            context.load_cert_chain(path, key_path, password=lambda: b"")
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"{named}: not a PEM certificate and its unencrypted private key ({exc.reason or exc})"
+            ) from exc
 
 
 class Attempt(NamedTuple):
