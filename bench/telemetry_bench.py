@@ -5,7 +5,8 @@ No telemetry: ``bench.no_telemetry`` (no span, no metrics, answers not read). Sp
 (metrics and stream reading stay on). On: every call a GenAI span in
 ``--spans-file``, and ``/metrics`` scraped every second as Prometheus would. OTLP: the
 same, with the spans sent over OTLP/HTTP (protobuf) instead, to nginx accepting
-``/v1/traces``. Upstream: nginx from memory; load: wrk and a paced client.
+``/v1/traces``; gRPC: over OTLP/gRPC, to a gRPC server in this process that accepts and
+discards. Upstream: nginx from memory; load: wrk and a paced client.
 
     python -m bench.telemetry_bench --duration 8 --out bench/results
 """
@@ -22,6 +23,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from bench.nginx_upstream import nginx_upstream
 from bench.proxy_bench import bench_main, cpu_seconds, flywheel_proxy, paced, rss_mb, wrk
@@ -47,32 +50,55 @@ def scraping(url: str, interval: float = 1.0) -> Iterator[list[int]]:
         thread.join()
 
 
-ARMS = ("none", "off", "on", "otlp")
+@contextlib.contextmanager
+def grpc_collector() -> Iterator[str]:
+    """An OTLP/gRPC TraceService on a free loopback port that answers every export with
+    an empty (serialized) ExportTraceServiceResponse; yields its endpoint."""
+    accept = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")  # bytes in, bytes out
+    service = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": accept}
+    )
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2), handlers=[service])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+ARMS = ("none", "off", "on", "otlp", "grpc")
 NAMES = {
     "none": "no telemetry",
     "off": "spans off",
     "on": "spans to file",
     "otlp": "spans over OTLP/HTTP",
+    "grpc": "spans over OTLP/gRPC",
 }
-COMPARED = (("on", "off"), ("otlp", "off"), ("on", "none"), ("otlp", "none"), ("off", "none"))
+EXPORTING = ("on", "otlp", "grpc")
+COMPARED = (*((arm, "off") for arm in EXPORTING), *((arm, "none") for arm in EXPORTING), ("off", "none"))
 
 
 def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     otlp_env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
-    with tempfile.TemporaryDirectory() as scratch, nginx_upstream() as upstream:
+    with tempfile.TemporaryDirectory() as scratch, nginx_upstream() as upstream, grpc_collector() as collector:
         otlp_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = upstream
+        grpc_env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": collector}
         registry = ["--registry", f"{scratch}/none"]
         with (
             flywheel_proxy(upstream, registry, module="bench.no_telemetry") as (none, none_process),
             flywheel_proxy(upstream, registry, env={"OTEL_SDK_DISABLED": "true"}) as (off, off_process),
             flywheel_proxy(upstream, [*registry, "--spans-file", f"{scratch}/spans.jsonl"]) as (on, on_process),
             flywheel_proxy(upstream, registry, env=otlp_env) as (otlp, otlp_process),
+            flywheel_proxy(upstream, registry, env=grpc_env) as (grpc_url, grpc_process),
             scraping(on) as scrapes,
             scraping(otlp),
+            scraping(grpc_url),
         ):
-            urls = {"none": none, "off": off, "on": on, "otlp": otlp}
-            pids = {"none": none_process.pid, "off": off_process.pid, "on": on_process.pid, "otlp": otlp_process.pid}
+            urls = {"none": none, "off": off, "on": on, "otlp": otlp, "grpc": grpc_url}
+            processes = (none_process, off_process, on_process, otlp_process, grpc_process)
+            pids = {arm: process.pid for arm, process in zip(ARMS, processes, strict=True)}
             results["latency_json"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, False))
             results["latency_stream"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, True))
             for stream in (False, True):
@@ -82,15 +108,17 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
             results["scrapes"] = len(scrapes)
             results["rss_mb_on"] = rss_mb(on_process.pid)
             results["rss_mb_otlp"] = rss_mb(otlp_process.pid)
+            results["rss_mb_grpc"] = rss_mb(grpc_process.pid)
             results["spans_file_mb"] = Path(f"{scratch}/spans.jsonl").stat().st_size / 1e6
             results["otlp_dropped"] = _dropped(otlp)
+            results["grpc_dropped"] = _dropped(grpc_url)
     return results
 
 
 def _throughput(
     urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float
 ) -> dict[str, Any]:
-    """One wrk round per arm and per place in the order (four), the order rotating, so drift
+    """One wrk round per arm and per place in the order (five), the order rotating, so drift
     on a shared machine hits every arm alike; with the proxy's CPU time per request."""
     rounds = []
     for i in range(len(ARMS)):
@@ -178,12 +206,12 @@ def markdown(r: dict[str, Any]) -> str:
                 cells.append(_median_of(values))
         for t in (r["together_json"], r["together_stream"]):
             cells.append(_median_of(t["cpu_ratios"][f"{arm}_vs_{base}"]))
-        target = "≥ ×0.75" if arm in ("on", "otlp") else ""
+        target = "≥ ×0.75" if arm in EXPORTING else ""
         rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | " + " | ".join(cells) + f" | {target} |")
     notes = (
         "\n\nBy CPU: the base's CPU time per request over the arm's (each proxy is saturated in its rounds, "
         "so it tracks the throughput ratio: the spread is the VM's speed moving, not scheduling). "
-        "All at once: the four proxies loaded together, each by its own wrk "
+        "All at once: the five proxies loaded together, each by its own wrk "
         f"({r['together_json']['connections']} connections, {r['together_json']['duration_s']:g} s, "
         f"{len(r['together_json']['cpu_us_per_request'])} rounds), the same moment's speed for all. "
         f"No telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
@@ -191,7 +219,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB in the spans file at the end "
         "(it rotates at 100 MB), "
         f"RSS {r['rss_mb_on']:.0f} MB at the end. Spans over OTLP/HTTP (protobuf, to nginx accepting "
-        f"`/v1/traces`): RSS {r['rss_mb_otlp']:.0f} MB at the end, {r['otlp_dropped']:,.0f} spans dropped.\n"
+        f"`/v1/traces`): RSS {r['rss_mb_otlp']:.0f} MB at the end, {r['otlp_dropped']:,.0f} spans dropped. "
+        f"Spans over OTLP/gRPC (to a gRPC server in the bench's process that accepts and discards): "
+        f"RSS {r['rss_mb_grpc']:.0f} MB at the end, {r['grpc_dropped']:,.0f} spans dropped.\n"
     )
     return "\n".join(rows) + notes
 
