@@ -80,16 +80,23 @@ class Outcome:
         if "error" in event:  # a provider error sent inside a 200 stream
             self._stream_error(event["error"])
             return False
-        self._ids(event)
+        # The helpers are called only when there is something for them (a stream event
+        # is read three to hundreds of times a call).
+        if self.response_id is None or self.response_model is None:
+            self._ids(event)
         choices = _list(event.get("choices"))
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0)
-            delta = choice.get("delta")
-            self._text(index, delta.get("content") if isinstance(delta, dict) else choice.get("text"))
-            self._finish(index, choice.get("finish_reason"))
+            if self.keep_text:
+                delta = choice.get("delta")
+                self._text(index, delta.get("content") if isinstance(delta, dict) else choice.get("text"))
+            if (reason := choice.get("finish_reason")) is not None:
+                self._finish(index, reason)
         usage = event.get("usage")
+        if usage is None:
+            return False
         self._usage(usage)
         return not choices and isinstance(usage, dict)
 
@@ -211,7 +218,7 @@ class EventScanner:
         at = 0
         while self._outcome.response_id is None and (found := complete.find(b"data:", at)) >= 0:
             start, end = _around(complete, found)
-            if self._parse(complete[start : end - 2]):
+            if self._parse_in(complete, start, end):
                 dropped.append((start, end))
             at = end
         markers = self._markers  # the first event may have shown the provider's spelling
@@ -220,15 +227,32 @@ class EventScanner:
             self._outcome.completed = True  # the usual last event, known without a search
             stop -= len(_DONE_EVENT)
             markers = markers[1:]  # [DONE] comes first
-        wanted: set[tuple[int, int]] = set()
+        wanted: dict[int, int] = {}  # start → end of each marked event
         for marker in markers:
             found = complete.find(marker, at, stop)
             while found >= 0:
-                event = _around(complete, found)
-                wanted.add(event)
-                found = complete.find(marker, event[1], stop)
-        dropped += ((start, end) for start, end in sorted(wanted) if self._parse(complete[start : end - 2]))
+                before = complete.rfind(b"\n\n", at, found)
+                end = complete.find(b"\n\n", found) + 2
+                wanted[before + 2 if before >= 0 else at] = end
+                found = complete.find(marker, end, stop)
+        for start in sorted(wanted) if len(wanted) > 1 else wanted:
+            if self._parse_in(complete, start, wanted[start]):
+                dropped.append((start, wanted[start]))
         return dropped
+
+    def _parse_in(self, complete: bytes, start: int, end: int) -> bool:
+        """:meth:`_parse` of the event at ``complete[start:end]`` (blank line included),
+        without the copies when it is one ``data: {…}`` line, as chunk events are."""
+        if not complete.startswith(b"data: {", start) or complete.find(b"\n", start, end - 2) >= 0:
+            return self._parse(complete[start : end - 2])
+        payload = complete[start + 6 : end - 2]
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return False
+        if not self._spelling_known:
+            self._learn_spelling(payload)
+        return isinstance(parsed, dict) and self._outcome.read_event(parsed)
 
     def _read_all(self, complete: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
         """Every event parsed, in order; blank lines of any kind (``\\r\\n``, ``\\r``)."""
@@ -273,10 +297,14 @@ class EventScanner:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return False
-        if not self._spelling_known and b'":' in payload:  # an event with a key shows the spelling
-            self._spelling_known = True
-            self._markers = _MARKERS[outcome.endpoint == "responses", b'": ' in payload]
+        if not self._spelling_known:
+            self._learn_spelling(payload)
         return isinstance(parsed, dict) and outcome.read_event(parsed)
+
+    def _learn_spelling(self, payload: bytes) -> None:
+        if b'":' in payload:  # an event with a key shows the spelling
+            self._spelling_known = True
+            self._markers = _MARKERS[self._outcome.endpoint == "responses", b'": ' in payload]
 
 
 def _around(complete: bytes, at: int) -> tuple[int, int]:

@@ -5,9 +5,11 @@ asked for) and the outcome records the same ids, finish reasons, usage and text.
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import observation
 from proxy.observation import EventScanner, Outcome
 
 BASE = {"object": "chat.completion.chunk", "created": 1}
@@ -90,22 +92,23 @@ def test_scanner_matches_reading_every_event(
     assert outcome.texts == want.texts
 
 
-def test_one_read_of_a_whole_stream_parses_only_what_it_records() -> None:
+def test_one_read_of_a_whole_stream_parses_only_what_it_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """A provider's whole answer in one read: the content deltas in between are skipped."""
     events = [_delta(0, "a"), *(_delta(1, w) for w in "bcdefgh"), _finish(2, "stop"), _usage(3, 5), b"data: [DONE]"]
     outcome = Outcome("chat/completions")
     scanner = EventScanner(outcome, hide_usage=True)
     parsed: list[bytes] = []
-    parse = scanner._parse
+    loads = orjson.loads
 
-    def counting(event: bytes) -> bool:
-        parsed.append(event)
-        return parse(event)
+    def counting(data: bytes) -> object:
+        parsed.append(bytes(data))
+        return loads(data)
 
-    scanner._parse = counting  # type: ignore[method-assign]
-    relayed = scanner.feed(b"".join(e + b"\n\n" for e in events))
-    assert relayed == b"".join(e + b"\n\n" for e in events if not _usage_only(e))
-    assert parsed == [events[0], events[-3], events[-2]]  # the closing [DONE] is known without parsing
+    shown = b"".join(e + b"\n\n" for e in events if not _usage_only(e))
+    monkeypatch.setattr(observation.orjson, "loads", counting)
+    assert scanner.feed(b"".join(e + b"\n\n" for e in events)) == shown
+    # The closing [DONE] is known without a look at it.
+    assert parsed == [e.removeprefix(b"data: ") for e in (events[0], events[-3], events[-2])]
     assert (outcome.response_id, outcome.finish_reasons, outcome.output_tokens) == ("c0", {0: "stop"}, 6)
     assert outcome.completed
 

@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from proxy.config import ProxyConfig
 from proxy.server import RunningProxy, running
-from proxy.upstreams import LiteLLMUpstream, Upstreams
+from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstreams
+from proxy.wire import Call
+from tests.conftest import proxy_for
 from tests.fake_upstream import FakeUpstream
 from tests.processes import serving
 
@@ -70,23 +73,55 @@ async def test_odd_but_valid_bodies_pass_through_byte_for_byte(
     await _still_serving(proxy)
 
 
+@pytest.mark.parametrize("rewritten", [False, True], ids=["usage-asked-for", "model-renamed"])
 @pytest.mark.parametrize(
     "number", ["-9223372036854775809", "18446744073709551616", "123456789012345678901234567890", "1e20"]
 )
 async def test_numbers_orjson_cannot_hold_survive_a_rewrite(
-    number: str, upstream: FakeUpstream, proxy: RunningProxy
+    number: str, rewritten: bool, upstream: FakeUpstream
 ) -> None:
-    # A stream gets stream_options added, so the body is written again; orjson reads integers
-    # beyond 64 bits as floats, which must not reach the provider changed. 1e20 is a real
-    # float that takes the same exact path and must stay a float.
+    # A stream gets stream_options added (into the app's bytes); an upstream that renames the
+    # model has the body written again, and orjson reads integers beyond 64 bits as floats,
+    # which must not reach the provider changed. 1e20 is a real float that takes the same
+    # exact path and must stay a float.
     body = f'{{"model": "m", "stream": true, "seed": {number}, "x": [{{"y": {number}}}], "messages": {MESSAGES}}}'
-    status, _ = await _post(proxy.url, body.encode())
+    renamed = Upstreams(default=OpenAIUpstream(upstream.url + "/v1", model="renamed")) if rewritten else None
+    async with proxy_for(upstream, **({"upstreams": renamed} if renamed else {})) as proxy:
+        status, _ = await _post(proxy.url, body.encode())
+        assert status == 200
+        sent = json.loads(upstream.seen[-1].body)
+        exact = json.dumps(json.loads(number))  # as written, type included (2**64 == float(2**64))
+        assert json.dumps(sent["seed"]) == exact and json.dumps(sent["x"]) == f'[{{"y": {exact}}}]'
+        assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == json.loads(MESSAGES)
+        assert sent["model"] == ("renamed" if rewritten else "m")
+        await _still_serving(proxy)
+
+
+async def test_the_usage_request_goes_into_the_apps_own_bytes(upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    """No JSON round-trip for a stream flywheel only asks usage for: the app's spacing,
+    key order, escapes and numbers reach the provider as written."""
+    body = (
+        b' \n{ "model" : "m",\t"stream":true, "temperature": 0.50, "e": "caf\\u00e9", "messages": '
+        + MESSAGES.encode()
+        + b" }"
+    )
+    status, _ = await _post(proxy.url, body)
     assert status == 200
-    sent = json.loads(upstream.seen[-1].body)
-    exact = json.dumps(json.loads(number))  # as written, type included (2**64 == float(2**64))
-    assert json.dumps(sent["seed"]) == exact and json.dumps(sent["x"]) == f'[{{"y": {exact}}}]'
-    assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == json.loads(MESSAGES)
+    brace = body.index(b"{") + 1
+    assert upstream.seen[-1].body == body[:brace] + b'"stream_options":{"include_usage":true},' + body[brace:]
     await _still_serving(proxy)
+
+
+def test_an_added_field_is_kept_when_the_body_is_written_again() -> None:
+    call = Call("r", "POST", "chat/completions", "/chat/completions", CIMultiDict(), b"{}", {}, None, False)
+    call.add_field("a", 1)
+    assert call.payload() == b'{"a":1}'  # the only member: no comma
+    raw = b'{"model": "m", "stream": true}'
+    call = Call("r", "POST", "chat/completions", "/chat/completions", CIMultiDict(), raw, orjson.loads(raw), "m", True)
+    call.add_field("stream_options", {"include_usage": True})
+    assert call.payload() == b'{"stream_options":{"include_usage":true},"model": "m", "stream": true}'
+    call.set_field("model", "other")  # now written again from the parsed body, the added field in it
+    assert orjson.loads(call.payload()) == {"model": "other", "stream": True, "stream_options": {"include_usage": True}}
 
 
 async def test_nesting_100000_deep_is_refused_or_passed_whole(upstream: FakeUpstream, proxy: RunningProxy) -> None:
@@ -100,8 +135,9 @@ async def test_nesting_100000_deep_is_refused_or_passed_whole(upstream: FakeUpst
     await _still_serving(proxy)
 
 
-async def test_too_deep_to_rewrite_is_a_clear_400(upstream: FakeUpstream, proxy: RunningProxy) -> None:
-    # A stream gets stream_options added, so the body must be written again: orjson stops at 255 levels.
+async def test_too_deep_to_rewrite_is_a_clear_400(upstream: FakeUpstream) -> None:
+    # orjson writes at most 255 levels: a body that must be written again (the upstream
+    # renames the model) is refused clearly; asking for usage alone goes into its bytes.
     body = (
         b'{"model": "m", "stream": true, "x": '
         + b"[" * 1000
@@ -110,10 +146,15 @@ async def test_too_deep_to_rewrite_is_a_clear_400(upstream: FakeUpstream, proxy:
         + MESSAGES.encode()
         + b"}"
     )
-    status, answer = await _post(proxy.url, body)
-    assert status == 400 and "cannot be rewritten" in orjson.loads(answer)["error"]["message"]
-    assert upstream.seen == []
-    await _still_serving(proxy)
+    async with proxy_for(upstream) as proxy:
+        status, _ = await _post(proxy.url, body)
+        assert status == 200 and upstream.seen[-1].body == b'{"stream_options":{"include_usage":true},' + body[1:]
+    renamed = Upstreams(default=OpenAIUpstream(upstream.url + "/v1", model="renamed"))
+    async with proxy_for(upstream, upstreams=renamed) as proxy:
+        status, answer = await _post(proxy.url, body)
+        assert status == 400 and "cannot be rewritten" in orjson.loads(answer)["error"]["message"]
+        assert len(upstream.seen) == 1
+        await _still_serving(proxy)
 
 
 @contextlib.asynccontextmanager
