@@ -15,16 +15,16 @@ O(1) there: a plain dict's ``next(iter(d))`` walks over every slot deleted befor
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from opentelemetry.trace import SpanContext, TraceFlags
 
 DEFAULT_CAPACITY = 20_000  # ~6 MB; ~30 min of a 10 calls/s app, 2 min at 150 calls/s
 
 
-@dataclass(frozen=True, slots=True)
-class Served:
-    """What feedback needs to know about a call it refers to."""
+class Served(NamedTuple):
+    """What feedback needs to know about a call it refers to (a tuple: made for every
+    call, and a frozen dataclass costs ~1 µs more to make)."""
 
     context: SpanContext
     prompt: str

@@ -102,8 +102,13 @@ class JsonEncoder:
         # Grouped by identity: hashing a Resource serializes its attributes every time.
         grouped: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
         for span in spans:
-            _, by_scope = grouped.setdefault(id(span.resource), (span.resource, {}))
-            scoped = by_scope.setdefault(id(span.instrumentation_scope), (span.instrumentation_scope, []))
+            resource, scope = span.resource, span.instrumentation_scope
+            found = grouped.get(id(resource))
+            if found is None:
+                found = grouped[id(resource)] = (resource, {})
+            scoped = found[1].get(id(scope))
+            if scoped is None:
+                scoped = found[1][id(scope)] = (scope, [])
             scoped[1].append(self._span(span))
         resource_spans = []
         for resource, scopes in grouped.values():
@@ -142,14 +147,15 @@ class JsonEncoder:
                 span.end_time or 0,
             )
         )
-        if span.attributes:
-            parts.append(b',"attributes":[' + b",".join(self._pairs.encoded(span.attributes)) + b"]")
+        attributes, events, links = span.attributes, span.events, span.links  # properties that copy
+        if attributes:
+            parts.append(b',"attributes":[' + b",".join(self._pairs.encoded(attributes)) + b"]")
         if span.dropped_attributes:
             parts.append(b',"droppedAttributesCount":%d' % span.dropped_attributes)
-        if span.events:
-            parts.append(b',"events":' + orjson.dumps([_event(e) for e in span.events]))
-        if span.links:
-            parts.append(b',"links":' + orjson.dumps([_link(link) for link in span.links]))
+        if events:
+            parts.append(b',"events":' + orjson.dumps([_event(e) for e in events]))
+        if links:
+            parts.append(b',"links":' + orjson.dumps([_link(link) for link in links]))
         status = span.status
         if status.description:
             parts.append(b',"status":' + orjson.dumps(_status(status)) + b"}")
