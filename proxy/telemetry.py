@@ -51,6 +51,7 @@ _REQUEST_PARAMS = (
     ("seed", sc.REQUEST_SEED, int),
     ("n", sc.REQUEST_CHOICE_COUNT, int),
 )
+_PARAM_KEYS = frozenset(key for key, _, _ in _REQUEST_PARAMS)
 UPSTREAM_FAULTS = frozenset(("upstream_unreachable", "upstream_timeout", "upstream_cut_off"))
 _LITELLM_PROVIDERS = {
     "bedrock": "aws.bedrock",
@@ -289,9 +290,11 @@ class CallTrace:
         assert call.body is not None
         if call.model:
             attributes[sc.REQUEST_MODEL] = call.model
-        for key, name, kind in _REQUEST_PARAMS:
-            value = call.body.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+        present = _PARAM_KEYS.intersection(call.body)  # iterates the body's few keys
+        if not present:
+            return
+        for key, name, kind in _REQUEST_PARAMS:  # in order: the last max_*tokens given wins
+            if key in present and isinstance(value := call.body[key], int | float) and not isinstance(value, bool):
                 attributes[name] = kind(value)
 
     @staticmethod
@@ -300,10 +303,11 @@ class CallTrace:
             attributes[sc.RESPONSE_MODEL] = outcome.response_model
         if outcome.response_id:
             attributes[sc.RESPONSE_ID] = outcome.response_id
-        if outcome.finish_reasons:
-            attributes[sc.RESPONSE_FINISH_REASONS] = tuple(
-                outcome.finish_reasons[i] for i in sorted(outcome.finish_reasons)
-            )
+        reasons = outcome.finish_reasons
+        if len(reasons) == 1:
+            attributes[sc.RESPONSE_FINISH_REASONS] = tuple(reasons.values())
+        elif reasons:
+            attributes[sc.RESPONSE_FINISH_REASONS] = tuple(reasons[i] for i in sorted(reasons))
         if outcome.input_tokens is not None:
             attributes[sc.USAGE_INPUT_TOKENS] = outcome.input_tokens
         if outcome.output_tokens is not None:

@@ -91,3 +91,35 @@ def test_without_an_event_loop_a_call_is_recorded_at_once() -> None:
     telemetry, spans, _ = _telemetry()
     _answered(telemetry, "req_sync").finish()
     assert len(list(spans.get_finished_spans())) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "recorded"),
+    [
+        ({}, {}),
+        (
+            {"temperature": 1, "top_p": 0.9, "n": 2, "seed": 7, "max_tokens": 10},
+            {"temperature": 1.0, "top_p": 0.9, "choice.count": 2, "seed": 7, "max_tokens": 10},
+        ),
+        ({"max_tokens": 10, "max_completion_tokens": 20}, {"max_tokens": 20}),  # the newer name wins
+        ({"temperature": "hot", "n": True, "seed": None, "user": "u1"}, {}),  # not numbers: left out
+    ],
+)
+def test_request_parameters_become_attributes(params: dict[str, object], recorded: dict[str, object]) -> None:
+    telemetry, spans, _ = _telemetry()
+    body = {"model": "m", "messages": [], **params}
+    call = Call("req_p", "POST", "chat/completions", "/chat/completions", CIMultiDict(), b"{}", body, "m", False)
+    traced = telemetry.begin(call, HEADERS, time.perf_counter())
+    assert traced is not None and call.outcome is not None
+    call.outcome.status = 200
+    call.outcome.read_body(b'{"choices":[{"index":1,"finish_reason":"length"},{"index":0,"finish_reason":"stop"}]}')
+    traced.record()
+    (span,) = spans.get_finished_spans()
+    a = span.attributes
+    assert {k.removeprefix("gen_ai.request."): v for k, v in a.items() if k.startswith("gen_ai.request.")} == {
+        "model": "m",
+        "stream": False,
+        **recorded,
+    }
+    assert type(a.get("gen_ai.request.temperature", 0.0)) is float
+    assert a["gen_ai.response.finish_reasons"] == ("stop", "length")  # by choice index
