@@ -267,6 +267,8 @@ class EventScanner:
 
     def close(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
+        if not self._buffer:
+            return b""  # the stream ended with its last blank line, as streams do
         rest = bytes(self._buffer)
         self._buffer.clear()
         if rest.strip():

@@ -144,8 +144,9 @@ class CallSpans:
             decided = self._sampler.should_sample(parent, trace_id, name, SpanKind.CLIENT)
             sampled = decided.decision.is_sampled()  # type: ignore[no-untyped-call]
             trace_state = decided.trace_state
-        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, trace_state)
+        context = SpanContext(
+            trace_id, self._ids.generate_span_id(), False, _SAMPLED if sampled else _NOT_SAMPLED, trace_state
+        )
         return OpenSpan(context, parent_span, start_ns)
 
     def end(
@@ -171,5 +172,7 @@ class CallSpans:
 
 
 SCOPE = InstrumentationScope("flywheel.proxy")
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _ERROR = Status(StatusCode.ERROR)
 _UNSET = Status(StatusCode.UNSET)
