@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from flywheel.spans import JsonEncoder, decode_line, encode_spans
-from flywheel.spans.format import KeptPairs
+from flywheel.spans.format import KeptPairs, _any_value
 from tests.spans import VARIED_ATTRIBUTES, varied_spans
 
 
@@ -84,3 +84,13 @@ def test_kept_pairs_keep_what_repeats_and_stop_keeping_unique_values() -> None:
     assert len(pairs) == 2  # op and reasons: the ids were let go once the key had shown more than 8 values
     assert pairs.encoded({"flag": True}) == [b"flag=True"] and pairs.encoded({"flag": 1}) == [b"flag=1"]
     assert pairs.encoded({"t": 0.0}) == [b"t=0.0"] and pairs.encoded({"t": -0.0}) == [b"t=-0.0"]  # equal, not alike
+
+
+def test_scalar_pairs_are_written_as_orjson_writes_them() -> None:
+    """The encoder's fast path for scalars gives the bytes of the plain dict encoding."""
+    values = ["", 'é ✓ "q" \\ \n \u2028', 0, -1, 2**63 - 1, -(2**63), True, False, 0.0, -0.0, 1e-300, 1.5e300]
+    values += [float("nan"), float("inf"), 4.5634999878529925e-05]
+    encoder = JsonEncoder()
+    for value in values * 2:  # the second time through the kept prefixes
+        expected = orjson.dumps({"key": "k", "value": _any_value(value)})
+        assert encoder._key_value("k", value) == expected, value
