@@ -245,14 +245,7 @@ class EventScanner:
         without the copies when it is one ``data: {…}`` line, as chunk events are."""
         if not complete.startswith(b"data: {", start) or complete.find(b"\n", start, end - 2) >= 0:
             return self._parse(complete[start : end - 2])
-        payload = complete[start + 6 : end - 2]
-        try:
-            parsed = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return False
-        if not self._spelling_known:
-            self._learn_spelling(payload)
-        return isinstance(parsed, dict) and self._outcome.read_event(parsed)
+        return self._take(complete[start + 6 : end - 2])
 
     def _read_all(self, complete: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
         """Every event parsed, in order; blank lines of any kind (``\\r\\n``, ``\\r``)."""
@@ -295,13 +288,17 @@ class EventScanner:
         if payload.strip() == b"[DONE]":
             outcome.completed = True
             return False
+        return self._take(payload)
+
+    def _take(self, payload: bytes) -> bool:
+        """Parse one event's JSON data and take it in; True for a usage-only chunk."""
         try:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return False
         if not self._spelling_known:
             self._learn_spelling(payload)
-        return isinstance(parsed, dict) and outcome.read_event(parsed)
+        return isinstance(parsed, dict) and self._outcome.read_event(parsed)
 
     def _learn_spelling(self, payload: bytes) -> None:
         if b'":' in payload:  # an event with a key shows the spelling
