@@ -98,7 +98,7 @@ async def _streamed(
         await _pump(request, answer.content, response, scanner, outcome)
     except ConnectionResetError:
         log.debug("client went away mid-stream")
-        if outcome is not None:
+        if outcome is not None and not outcome.delivered:
             outcome.error_type = "cancelled"
     return response
 
@@ -126,10 +126,14 @@ async def _pump(
             chunk = scanner.feed(chunk)
         if chunk:
             await response.write(chunk)
-            if outcome is not None and outcome.first_chunk_at is None:
-                outcome.first_chunk_at = time.perf_counter()
+            if outcome is not None:
+                if outcome.first_chunk_at is None:
+                    outcome.first_chunk_at = time.perf_counter()
+                outcome.delivered = outcome.completed
     if scanner is not None and (rest := scanner.close()):
         await response.write(rest)
+        if outcome is not None:
+            outcome.delivered = outcome.completed
     await response.write_eof()
 
 

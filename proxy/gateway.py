@@ -70,7 +70,7 @@ class Gateway:
             return render(exc, {"X-Request-Id": rid})
         except asyncio.CancelledError:  # the app went away
             if traced is not None:
-                traced.failed(499, "cancelled")
+                traced.cancelled()
             raise
         finally:
             if traced is not None:

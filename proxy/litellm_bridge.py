@@ -175,12 +175,12 @@ async def _stream(
                 request.transport.close()
             return response
         await response.write(_DONE)
-        await response.write_eof()
         if outcome is not None:
-            outcome.completed = True
+            outcome.completed = outcome.delivered = True
+        await response.write_eof()
     except ConnectionResetError:
         log.debug("client went away mid-stream")
-        if outcome is not None:
+        if outcome is not None and not outcome.delivered:
             outcome.error_type = "cancelled"
     return response
 

@@ -36,6 +36,7 @@ class Outcome:
     texts: dict[int, list[str]] = field(default_factory=dict)
     text_size: int = 0
     completed: bool = False  # [DONE] or a terminal event seen
+    delivered: bool = False  # and written to the app: its hanging up after that is no failure
 
     def read_body(self, raw: bytes) -> None:
         try:

@@ -227,6 +227,15 @@ class CallTrace:
         """flywheel answered with its own error (bad input, upstream unreachable …)."""
         self._status, self._error = status, error_type
 
+    def cancelled(self) -> None:
+        """The app went away. Once the answer's end ([DONE], a terminal event) had gone out
+        to it, that is no failure: an app that stops reading there hangs up before the
+        response's last bytes, and the call must not count as cancelled in the metrics
+        and spans the canary judges by."""
+        outcome = self._call.outcome
+        if outcome is None or not outcome.delivered:
+            self.failed(499, "cancelled")
+
     @property
     def request_id(self) -> str:
         return self._call.request_id

@@ -3,6 +3,7 @@ the schema evaluator, content capture and feedback."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from flywheel.registry import open_registry
 from flywheel.registry.version import content_from_mapping
+from proxy.app import METRICS
 from proxy.content import CaptureContent
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream, Reply, sse
@@ -302,3 +304,38 @@ async def test_in_flight_gauge_counts_calls_being_proxied(upstream: FakeUpstream
         (await call).release()
         await traced.spans.one("chat")
         assert await in_flight(session, traced.url) == 0
+
+
+@pytest.mark.parametrize("hangs_up", ["after_done", "before_done"])
+async def test_an_app_that_hangs_up_after_done_has_had_its_answer(upstream: FakeUpstream, hangs_up: str) -> None:
+    """Clients that stop reading at [DONE] (``break`` in a loop over lines) close before the
+    response's last bytes: the call is a success, not a cancellation in the spans and the
+    metrics the canary judges by. Hanging up before [DONE] is one."""
+    base = {"id": "c1", "model": "m", "object": "chat.completion.chunk"}
+    pieces = sse(
+        {**base, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )
+    held = asyncio.Event()  # the upstream's own end comes only after the app has hung up
+    body = [*pieces, held] if hangs_up == "after_done" else [pieces[0], held, *pieces[1:]]
+    upstream.script(CHAT, Reply(content_type="text/event-stream", body=body))
+    async with traced_proxy(upstream) as traced:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(traced.url + CHAT, json={"model": "m", "messages": MESSAGES, "stream": True})
+            got = b""
+            while not got.endswith(b"data: [DONE]\n\n" if hangs_up == "after_done" else b"\n\n"):
+                got += await asyncio.wait_for(response.content.readany(), 5)
+            response.close()
+        span = await traced.spans.one("chat")
+        held.set()
+        metrics = traced.proxy.app[METRICS]
+    a = span.attributes
+    assert a["http.response.status_code"] == (200 if hangs_up == "after_done" else 499)
+    requests = metrics.registry.get_sample_value(
+        "flywheel_requests_total", {"prompt": "", "version": "", "arm": "", "model": "m", "status_class": "2xx"}
+    )
+    if hangs_up == "after_done":
+        assert "error.type" not in a and span.status.status_code is StatusCode.UNSET and requests == 1
+        assert a["gen_ai.response.finish_reasons"] == ("stop",)
+    else:
+        assert a["error.type"] == "cancelled" and span.status.status_code is StatusCode.ERROR and requests is None
