@@ -339,3 +339,19 @@ async def test_an_app_that_hangs_up_after_done_has_had_its_answer(upstream: Fake
         assert a["gen_ai.response.finish_reasons"] == ("stop",)
     else:
         assert a["error.type"] == "cancelled" and span.status.status_code is StatusCode.ERROR and requests is None
+
+
+async def test_the_openai_sdk_closing_at_done_leaves_a_served_call(upstream: FakeUpstream) -> None:
+    """openai-python stops at [DONE] and closes the response without reading its end: with
+    a provider whose last bytes come a moment after [DONE], every such stream was counted
+    as cancelled."""
+    base = {"id": "c1", "model": "m", "object": "chat.completion.chunk"}
+    held = asyncio.Event()
+    body = [*sse({**base, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}), held]
+    upstream.script(CHAT, Reply(content_type="text/event-stream", body=body))
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        stream = await c.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        assert [chunk.choices[0].delta.content async for chunk in stream] == ["hi"]
+        span = await traced.spans.one("chat")
+        held.set()
+    assert "error.type" not in span.attributes and span.attributes["http.response.status_code"] == 200
