@@ -39,6 +39,7 @@ class Lifecycle:
 CONFIG = web.AppKey("config", ProxyConfig)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATEWAY = web.AppKey("gateway", Gateway)
+FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 PROMPTS = web.AppKey("prompts", PromptWatcher)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
@@ -89,10 +90,10 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         watcher = app[PROMPTS] = PromptWatcher(config.registry, config.reload_interval, app[METRICS])
         await watcher.start()
     session = upstream_session(config)
-    app[GATEWAY] = Gateway(
-        config.upstreams, Forwarder(session), LiteLLMBridge(), body_limits(config), app[TELEMETRY], watcher
-    )
+    forwarder = app[FORWARDER] = Forwarder(session)
+    app[GATEWAY] = Gateway(config.upstreams, forwarder, LiteLLMBridge(), body_limits(config), app[TELEMETRY], watcher)
     yield
+    await forwarder.close()
     await session.close()
     if watcher is not None:
         await watcher.stop()

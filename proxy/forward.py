@@ -7,6 +7,7 @@ file downloads — is written to the app chunk by chunk as it arrives.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -28,6 +29,17 @@ class Forwarder:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        self._reading: set[asyncio.Task[None]] = set()  # answers read to their end after the app left
+
+    async def settled(self) -> None:
+        """Wait for the answers still being read to their end (see :func:`_read_rest`)."""
+        if self._reading:
+            await asyncio.wait(self._reading)
+
+    async def close(self) -> None:
+        for task in self._reading:
+            task.cancel()
+        await self.settled()
 
     async def forward(self, request: web.Request, call: Call, upstream: OpenAIUpstream) -> web.StreamResponse:
         if upstream.model is not None and call.body is not None and call.model != upstream.model:
@@ -55,11 +67,39 @@ class Forwarder:
             return response
         finally:
             # An answer not read to its end (client gone, upstream cut off, error)
-            # closes its connection, so the upstream sees the call cancelled.
+            # closes its connection, so the upstream sees the call cancelled — unless
+            # the app had the whole answer and only the provider's last bytes are due.
             if finished and answer.content.is_eof():
                 answer.release()
+            elif outcome is not None and outcome.delivered:
+                task = asyncio.get_running_loop().create_task(_read_rest(answer))
+                self._reading.add(task)
+                task.add_done_callback(self._reading.discard)
             else:
                 answer.close()
+
+
+async def _read_rest(answer: aiohttp.ClientResponse) -> None:
+    """The app went away after the answer's end ([DONE]) had reached it — openai-python
+    closes there without reading on — while the provider's last bytes were still due:
+    read them, so the connection goes back to the pool rather than costing the next call
+    a new TCP and TLS handshake. Bounded: an upstream that goes on sending is cut off."""
+    try:
+        async with asyncio.timeout(_REST_SECONDS):
+            size = 0
+            while size <= _REST_BYTES and (chunk := await answer.content.readany()):
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    finally:
+        if answer.content.is_eof():
+            answer.release()
+        else:
+            answer.close()
+
+
+_REST_SECONDS = 2.0
+_REST_BYTES = 64 * 1024
 
 
 async def _buffered(

@@ -54,6 +54,7 @@ class Seen:
     headers: Mapping[str, str]
     body: bytes
     closed: asyncio.Event = field(default_factory=asyncio.Event)  # the proxy closed the connection early
+    peer: Any = None  # the proxy's end of the connection: the same for calls over a pooled one
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -111,6 +112,7 @@ class FakeUpstream:
             dict(request.headers),
             await request.read(),
         )
+        seen.peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         self.seen.append(seen)
         self._arrivals.put_nowait(seen)
         try:

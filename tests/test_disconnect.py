@@ -9,16 +9,21 @@ import logging
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
-from proxy.app import METRICS
+from proxy import forward
+from proxy.app import FORWARDER, METRICS
 from proxy.server import RunningProxy
 from tests.conftest import proxy_for
 from tests.fake_upstream import HANG, FakeUpstream, Reply, sse
 from tests.leaks import settled, task_count
+from tests.spans import Traced, traced_proxy
 
 CHAT = "/v1/chat/completions"
-BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGES = [{"role": "user", "content": "hi"}]
+BODY = {"model": "m", "messages": MESSAGES}
+ANSWER = sse({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]})
 
 
 async def _abandon(proxy: RunningProxy, upstream: FakeUpstream, body: dict[str, Any]) -> None:
@@ -96,3 +101,45 @@ async def _still_serving(proxy: RunningProxy, baseline: int) -> None:
     # Nothing of the abandoned call is left: no call in flight, no task beyond the
     # pooled upstream connection's (one on the fake's side).
     await settled(proxy, baseline + 1)
+
+
+async def _sdk_stream_to_done(traced: Traced) -> None:
+    """A stream read with openai-python, which closes the response at [DONE]; returns once
+    the proxy has seen the app go (the call's span is recorded)."""
+    async with openai.AsyncOpenAI(base_url=traced.url + "/v1", api_key="sk-test", max_retries=0) as client:
+        stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        assert [c.choices[0].delta.content async for c in stream] == ["hi"]
+    await traced.spans.one("chat")
+
+
+async def test_an_app_gone_after_done_leaves_the_upstream_connection_pooled(upstream: FakeUpstream) -> None:
+    """openai-python closes at [DONE]; the provider's last bytes, due a moment later, are
+    read in the background so the next call reuses the connection (no new handshake)."""
+    held = asyncio.Event()
+    upstream.script(CHAT, Reply(content_type="text/event-stream", body=[*ANSWER, held]))
+    async with traced_proxy(upstream) as traced:
+        await _sdk_stream_to_done(traced)
+        first = upstream.seen[-1]
+        held.set()
+        await traced.proxy.app[FORWARDER].settled()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(traced.url + CHAT, json=BODY) as r:
+                assert r.status == 200
+    second = upstream.seen[-1]
+    assert not first.closed.is_set() and first.peer == second.peer
+
+
+@pytest.mark.parametrize("ending", ["never", "at_shutdown"])
+async def test_reading_the_rest_after_done_is_bounded(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A provider that never ends its stream after [DONE] is cut off after the bound, and a
+    proxy shutting down does not wait for it."""
+    monkeypatch.setattr(forward, "_REST_SECONDS", 0.2 if ending == "never" else 60.0)
+    upstream.script(CHAT, Reply(content_type="text/event-stream", body=[*ANSWER, HANG]))
+    async with traced_proxy(upstream) as traced:
+        await _sdk_stream_to_done(traced)
+        if ending == "never":
+            await asyncio.wait_for(traced.proxy.app[FORWARDER].settled(), 5)
+            await asyncio.wait_for(upstream.seen[-1].closed.wait(), 5)
+    await asyncio.wait_for(upstream.seen[-1].closed.wait(), 5)  # closed by the proxy's shutdown at the latest
