@@ -83,8 +83,5 @@ def _request_usage(call: Call) -> None:
         return
     assert call.body is not None
     options: Any = call.body.get("stream_options")
-    if "stream_options" not in call.body:
-        call.add_field("stream_options", {"include_usage": True})  # into the app's bytes
-    else:
-        call.set_field("stream_options", {**(options if isinstance(options, dict) else {}), "include_usage": True})
+    call.set_field("stream_options", {**(options if isinstance(options, dict) else {}), "include_usage": True})
     call.outcome.hide_usage = True

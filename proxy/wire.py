@@ -87,19 +87,15 @@ class Call:
     outcome: Outcome | None = None  # filled while relaying, when the call is traced
 
     def set_field(self, key: str, value: Any) -> None:
-        """Change one top-level body field; the body is serialized again only then."""
+        """Change one top-level body field; the body is serialized again only then. A field
+        the body lacks, while nothing else has changed, is written into the app's bytes
+        right after the opening brace instead: no JSON round-trip (orjson writing a 50 KB
+        conversation back costs more than the call's telemetry), and the rest goes
+        upstream exactly as the app sent it."""
         assert self.body is not None
+        added = key not in self.body
         self.body[key] = value
-        self.changed[key] = value
-
-    def add_field(self, key: str, value: Any) -> None:
-        """Add a top-level field the body does not have. While flywheel has changed nothing
-        else, it is written into the app's bytes right after the opening brace: no JSON
-        round-trip (orjson writing a 50 KB conversation back costs more than the call's
-        telemetry), and the rest goes upstream exactly as the app sent it."""
-        assert self.body is not None and key not in self.body
-        self.body[key] = value
-        if self.changed:
+        if not added or self.changed:
             self.changed[key] = value
             return
         brace = self.raw.index(b"{")  # the body parsed as an object: only whitespace before it

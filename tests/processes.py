@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import ssl
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 
@@ -100,13 +101,14 @@ def debian_server(names: tuple[str, ...], args: list[str]) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """An aiohttp app of the test's own (a receiver) on a free loopback port; yields its base URL."""
+async def serving(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """An aiohttp app of the test's own (a receiver) on a free loopback port, over TLS when
+    given a context; yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()

@@ -22,6 +22,7 @@ from proxy.otlp import OtlpSettings
 from proxy.otlp_grpc import OtlpGrpcSender
 from proxy.otlp_http import OtlpHttpSender
 from proxy.tracing import Export
+from tests.processes import serving
 from tests.test_otlp_senders import GrpcReceiver, Receiver, _payload
 
 PROTOCOLS = ("http/protobuf", "grpc")
@@ -61,14 +62,8 @@ async def https_receiving(receiver: Receiver, pki: Pki) -> AsyncIterator[str]:
     context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the exporter must show its certificate
     app = web.Application()
     app.router.add_post("/v1/traces", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    try:
-        yield f"https://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app, context) as url:
+        yield url
 
 
 async def grpcs_receiving(receiver: GrpcReceiver, pki: Pki) -> AsyncIterator[str]:
