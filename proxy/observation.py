@@ -112,10 +112,12 @@ class Outcome:
         return "".join(self.texts.get(index, ()))
 
     def _ids(self, body: dict[str, Any]) -> None:
-        if self.response_id is None and isinstance(body.get("id"), str):
-            self.response_id = body["id"]
-        if self.response_model is None and isinstance(body.get("model"), str):
-            self.response_model = body["model"]
+        # Empty ones are no answer: Azure OpenAI opens its streams with a chunk of prompt
+        # filter results whose id and model are "" (the call's come in the next chunk).
+        if self.response_id is None and isinstance(found := body.get("id"), str) and found:
+            self.response_id = found
+        if self.response_model is None and isinstance(found := body.get("model"), str) and found:
+            self.response_model = found
 
     def _usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):

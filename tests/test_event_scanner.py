@@ -30,6 +30,9 @@ def _usage(i: int, tokens: int) -> bytes:
     return b"data: " + orjson.dumps({"id": f"c{i}", "model": "m", **BASE, "choices": [], "usage": usage})
 
 
+# Azure OpenAI's first chunk: prompt filter results, with an empty id and model.
+AZURE_FILTER = b'data: {"id":"","object":"","created":0,"model":"","choices":[],"prompt_filter_results":[]}'
+
 EVENTS = st.one_of(
     st.builds(_delta, st.integers(0, 3), st.text(max_size=12)),
     st.builds(_finish, st.integers(0, 3), st.sampled_from(["stop", "length", "tool_calls"])),
@@ -39,6 +42,7 @@ EVENTS = st.one_of(
     st.just(b"event: ping\ndata: {}"),
     st.just(b"data: not json"),
     st.just(b"data: [DONE]"),
+    st.just(AZURE_FILTER),
 )
 
 
@@ -133,3 +137,16 @@ def test_a_provider_that_writes_json_with_spaces_is_read_all_the_same() -> None:
             4,
         )
         assert outcome.completed
+
+
+def test_ids_left_empty_by_a_first_chunk_come_from_the_next() -> None:
+    """Azure OpenAI opens a stream with a prompt-filter chunk whose id and model are empty."""
+    events = [AZURE_FILTER, _delta(1, "a"), _finish(1, "stop"), _usage(1, 2), b"data: [DONE]"]
+    for reads in (events, [b"\n\n".join(events)]):  # event by event, and all in one read
+        outcome = Outcome("chat/completions")
+        scanner = EventScanner(outcome, hide_usage=True)
+        for read in reads:
+            scanner.feed(read + b"\n\n")
+        scanner.close()
+        assert (outcome.response_id, outcome.response_model) == ("c1", "m1")
+        assert (outcome.finish_reasons, outcome.output_tokens) == ({0: "stop"}, 3)

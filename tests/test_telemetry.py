@@ -91,6 +91,26 @@ async def test_usage_chunk_split_across_reads_is_still_hidden(upstream: FakeUpst
     assert span.attributes["gen_ai.usage.input_tokens"] == 3
 
 
+async def test_azure_stream_ids_come_after_its_prompt_filter_chunk(upstream: FakeUpstream) -> None:
+    """Azure OpenAI's first chunk carries prompt filter results and an empty id and model."""
+    az = {"id": "chatcmpl-az", "model": "gpt-4o-2024-08-06"}
+    events = sse(
+        {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": []},
+        {**az, "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {**az, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**az, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1}},
+    )
+    for reply in (events, [b"".join(events)]):  # as it comes, and in one read
+        upstream.script(CHAT, Reply(content_type="text/event-stream", body=reply))
+        async with traced_proxy(upstream) as traced, client(traced.url) as c:
+            stream = await c.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+            assert "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices]) == "Hi"
+            span = await traced.spans.one("chat")
+        a = span.attributes
+        assert (a["gen_ai.response.id"], a["gen_ai.response.model"]) == ("chatcmpl-az", "gpt-4o-2024-08-06")
+        assert a["gen_ai.response.finish_reasons"] == ("stop",) and a["gen_ai.usage.output_tokens"] == 1
+
+
 async def test_embeddings_span(upstream: FakeUpstream) -> None:
     async with traced_proxy(upstream) as traced, client(traced.url) as c:
         await c.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
