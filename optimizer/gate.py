@@ -104,18 +104,44 @@ def _fixed_when(failure: Failure, version: Version) -> Expectation:
 
 
 def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, Any]] | None:
-    """The conventions' {role, parts} back into chat messages, without the system prompt under test."""
+    """The conventions' {role, parts} back into chat messages, without the system prompt under
+    test; an agent's tool calls and their answers as chat tool calls and ``tool`` messages."""
     if not parts_messages:
         return None
-    out = []
+    out: list[dict[str, Any]] = []
     for message in parts_messages:
         if not isinstance(message, dict) or message.get("role") in ("system", "developer"):
             continue
-        text = "".join(
-            p.get("content", "") for p in message.get("parts", []) if isinstance(p, dict) and p.get("type") == "text"
-        )
-        out.append({"role": message.get("role", "user"), "content": text})
+        parts = [p for p in message.get("parts", []) if isinstance(p, dict)]
+        responses = [p for p in parts if p.get("type") == "tool_call_response"]
+        if responses:
+            out += [
+                {"role": "tool", "tool_call_id": p.get("id") or "", "content": _as_text(p.get("response"))}
+                for p in responses
+            ]
+            continue
+        text = "".join(p.get("content", "") for p in parts if p.get("type") == "text")
+        calls = [
+            {
+                "id": p.get("id") or f"call_{i}",
+                "type": "function",
+                "function": {"name": p.get("name", ""), "arguments": _as_text(p.get("arguments"))},
+            }
+            for i, p in enumerate(parts)
+            if p.get("type") == "tool_call"
+        ]
+        chat: dict[str, Any] = {"role": message.get("role", "user"), "content": text or (None if calls else "")}
+        if calls:
+            chat["tool_calls"] = calls
+        out.append(chat)
     return out or None
+
+
+def _as_text(value: Any) -> str:
+    """Tool arguments and answers were recorded as the JSON they were; the API takes strings."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 class Gate:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from proxy.observation import ToolCall
 
 MASK = "[REDACTED]"
 
@@ -103,21 +106,53 @@ class ContentRecorder:
             items = body.get("messages") or []
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict):
-                messages.append({"role": str(item.get("role", "user")), "parts": self._parts(item, credential)})
+                messages.append(self._message(item, credential))
         instructions = orjson.dumps(system).decode() if system else None
         return orjson.dumps(messages).decode(), instructions
 
     def output_messages(
-        self, texts: dict[int, list[str]], finish_reasons: dict[int, str], credential: str | None
+        self,
+        texts: dict[int, list[str]],
+        tool_calls: Mapping[int, Mapping[int, ToolCall]],
+        finish_reasons: dict[int, str],
+        credential: str | None,
     ) -> str:
         out = []
-        for index in sorted(set(texts) | set(finish_reasons)):
-            parts = [_text_part(self.clean("".join(texts.get(index, ())), credential))] if index in texts else []
+        for index in sorted(set(texts) | set(tool_calls) | set(finish_reasons)):
+            parts = [_text_part(self.clean("".join(texts[index]), credential))] if index in texts else []
+            for _, call in sorted(tool_calls.get(index, {}).items()):
+                parts.append(self._tool_call(call.id, call.name, "".join(call.arguments), credential))
             out.append({"role": "assistant", "parts": parts, "finish_reason": finish_reasons.get(index, "")})
         return orjson.dumps(out).decode()
 
-    def _parts(self, item: dict[str, Any], credential: str | None) -> list[dict[str, Any]]:
-        content = item.get("content")
+    def _message(self, item: dict[str, Any], credential: str | None) -> dict[str, Any]:
+        """One chat message or Responses API input item as ``{role, parts}``."""
+        kind = item.get("type")
+        if kind == "function_call":  # Responses API items: the model's call, and the app's answer
+            call = self._tool_call(item.get("call_id"), item.get("name"), item.get("arguments"), credential)
+            return {"role": "assistant", "parts": [call]}
+        if kind == "function_call_output":
+            return {"role": "tool", "parts": [self._tool_response(item.get("call_id"), item.get("output"), credential)]}
+        role = str(item.get("role", "user"))
+        if role in ("tool", "function"):
+            return {
+                "role": role,
+                "parts": [self._tool_response(item.get("tool_call_id"), item.get("content"), credential)],
+            }
+        parts = self._parts(item.get("content"), credential)
+        calls = item.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts.append(
+                    self._tool_call(call.get("id"), function.get("name"), function.get("arguments"), credential)
+                )
+        function = item.get("function_call")
+        if isinstance(function, dict):
+            parts.append(self._tool_call(None, function.get("name"), function.get("arguments"), credential))
+        return {"role": role, "parts": parts}
+
+    def _parts(self, content: Any, credential: str | None) -> list[dict[str, Any]]:
         if isinstance(content, str):
             return [_text_part(self.clean(content, credential))]
         parts = []
@@ -128,11 +163,38 @@ class ContentRecorder:
                 parts.append({"type": str(part.get("type", "unknown"))})  # images, audio: the kind only
             elif isinstance(part, str | int):
                 parts.append(_text_part(self.clean(str(part), credential)))
-        if item.get("tool_calls"):
-            parts.append(
-                {"type": "tool_call", "content": self.clean(orjson.dumps(item["tool_calls"]).decode(), credential)}
-            )
         return parts
+
+    def _tool_call(self, call_id: Any, name: Any, arguments: Any, credential: str | None) -> dict[str, Any]:
+        """The conventions' ``tool_call`` part; arguments as the JSON they are, when they are."""
+        return {
+            "type": "tool_call",
+            "id": call_id if isinstance(call_id, str) else None,
+            "name": name if isinstance(name, str) else "",
+            "arguments": self._json_or_text(arguments, credential),
+        }
+
+    def _tool_response(self, call_id: Any, response: Any, credential: str | None) -> dict[str, Any]:
+        if isinstance(response, list):  # content parts: their text
+            response = "".join(str(p.get("text", "")) for p in response if isinstance(p, dict))
+        return {
+            "type": "tool_call_response",
+            "id": call_id if isinstance(call_id, str) else None,
+            "response": self._json_or_text(response, credential),
+        }
+
+    def _json_or_text(self, value: Any, credential: str | None) -> Any:
+        """Masked as text first, so nothing escapes the masks; then parsed back when it is
+        still JSON (a mask inside a string keeps it so)."""
+        if value is None:
+            return None
+        text = self.clean(value if isinstance(value, str) else orjson.dumps(value).decode(), credential)
+        if not text.startswith(("{", "[")):
+            return text
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
 
 
 def _text_part(text: str) -> dict[str, Any]:

@@ -19,6 +19,15 @@ _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 @dataclass(slots=True)
+class ToolCall:
+    """A tool call the model asked for; a stream sends its arguments in pieces."""
+
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Outcome:
     """What the provider answered, gathered while the answer is relayed."""
 
@@ -34,7 +43,8 @@ class Outcome:
     input_tokens: int | None = None
     output_tokens: int | None = None
     texts: dict[int, list[str]] = field(default_factory=dict)
-    text_size: int = 0
+    tool_calls: dict[int, dict[int, ToolCall]] = field(default_factory=dict)  # by choice, then by position
+    text_size: int = 0  # of texts and tool call arguments together
     completed: bool = False  # [DONE] or a terminal event seen
     delivered: bool = False  # and written to the app: its hanging up after that is no failure
 
@@ -60,6 +70,8 @@ class Outcome:
             message = choice.get("message")
             text = message.get("content") if isinstance(message, dict) else choice.get("text")
             self._text(index, text)
+            if self.keep_text and isinstance(message, dict):
+                self._message_tool_calls(index, message)
             self._finish(index, choice.get("finish_reason"))
 
     def read_event(self, event: dict[str, Any]) -> bool:
@@ -93,6 +105,8 @@ class Outcome:
             if self.keep_text:
                 delta = choice.get("delta")
                 self._text(index, delta.get("content") if isinstance(delta, dict) else choice.get("text"))
+                if isinstance(delta, dict):
+                    self._message_tool_calls(index, delta)
             if (reason := choice.get("finish_reason")) is not None:
                 self._finish(index, reason)
         usage = event.get("usage")
@@ -136,16 +150,49 @@ class Outcome:
         finish = reason if isinstance(reason, str) else status
         if isinstance(finish, str):
             self.finish_reasons[0] = finish
-        for item in _list(body.get("output")):
+        for position, item in enumerate(_list(body.get("output"))):
             if isinstance(item, dict) and item.get("type") == "message":
                 for part in _list(item.get("content")):
                     if isinstance(part, dict) and part.get("type") == "output_text":
                         self._text(0, part.get("text"))
+            elif isinstance(item, dict) and item.get("type") == "function_call" and self.keep_text:
+                self._tool_call(0, position, item.get("call_id"), item.get("name"), item.get("arguments"))
 
     def _text(self, index: Any, text: Any) -> None:
         if self.keep_text and isinstance(text, str) and text and self.text_size < _MAX_TEXT:
             self.texts.setdefault(index if isinstance(index, int) else 0, []).append(text)
             self.text_size += len(text)
+
+    def _message_tool_calls(self, index: Any, message: dict[str, Any]) -> None:
+        """A message's (or a stream delta's) ``tool_calls``, and the older ``function_call``."""
+        calls = message.get("tool_calls")
+        for position, call in enumerate(calls if isinstance(calls, list) else ()):
+            if isinstance(call, dict):
+                function = call.get("function")
+                name, arguments = (
+                    (function.get("name"), function.get("arguments")) if isinstance(function, dict) else (None, None)
+                )
+                # A stream's pieces of one call share its "index"; a whole message lists them in order.
+                self._tool_call(index, call.get("index", position), call.get("id"), name, arguments)
+        function = message.get("function_call")
+        if isinstance(function, dict):
+            self._tool_call(index, 0, None, function.get("name"), function.get("arguments"))
+
+    def _tool_call(self, index: Any, position: Any, call_id: Any, name: Any, arguments: Any) -> None:
+        if self.text_size >= _MAX_TEXT:
+            return
+        calls = self.tool_calls.setdefault(index if isinstance(index, int) else 0, {})
+        position = position if isinstance(position, int) else len(calls)
+        call = calls.get(position)
+        if call is None:
+            call = calls[position] = ToolCall()
+        if isinstance(call_id, str) and call_id:
+            call.id = call_id
+        if isinstance(name, str) and name:
+            call.name = name
+        if isinstance(arguments, str) and arguments:
+            call.arguments.append(arguments)
+            self.text_size += len(arguments)
 
     def _finish(self, index: Any, reason: Any) -> None:
         if isinstance(reason, str):

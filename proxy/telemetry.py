@@ -337,9 +337,9 @@ class CallTrace:
         attributes[sc.INPUT_MESSAGES] = inputs
         if system is not None:
             attributes[sc.SYSTEM_INSTRUCTIONS] = system
-        if outcome.texts or outcome.finish_reasons:
+        if outcome.texts or outcome.tool_calls or outcome.finish_reasons:
             attributes[sc.OUTPUT_MESSAGES] = recorder.output_messages(
-                outcome.texts, outcome.finish_reasons, self._credential
+                outcome.texts, outcome.tool_calls, outcome.finish_reasons, self._credential
             )
 
     def _metrics(

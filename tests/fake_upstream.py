@@ -244,18 +244,23 @@ def chat_completion(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def chat_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": body.get("model")}
-    words = answer_text(body).split(" ")
-    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]} for w in words]
-    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if body.get("tools"):  # as OpenAI streams a tool call: its id and name first, the arguments in pieces
+        call = chat_completion(body)["choices"][0]["message"]["tool_calls"][0]
+        name = call["function"]["name"]
+        opening = {"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}
+        deltas = [{"role": "assistant", "content": None, "tool_calls": [opening]}]
+        deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in ('{"ci', 'ty":"Par', 'is"}')]
+        finish = "tool_calls"
+    else:
+        deltas = [{"role": "assistant", "content": ""}]
+        deltas += [{"content": w + " "} for w in answer_text(body).split(" ")]
+        finish = "stop"
+    chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     if (body.get("stream_options") or {}).get("include_usage"):
-        chunks.append(
-            {
-                **base,
-                "choices": [],
-                "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)},
-            }
-        )
+        tokens = len(deltas) - 1
+        usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+        chunks.append({**base, "choices": [], "usage": usage})
     return chunks
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from proxy.content import CaptureContent
@@ -38,7 +39,21 @@ async def test_no_key_in_spans_logs_or_metrics(
     caplog.set_level(logging.DEBUG)
     async with running(config) as proxy:
         async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
-            messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": pasted}]
+            call = {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "f", "arguments": orjson.dumps({"q": pasted}).decode()},
+            }
+            messages = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": pasted},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [call],
+                },  # an agent's turn: the call and its answer
+                {"role": "tool", "tool_call_id": "call_0", "content": pasted},
+            ]
             raw = await c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
             stream = await c.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
             _ = [chunk async for chunk in stream]

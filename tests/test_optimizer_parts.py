@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.registry import Version
+from flywheel.registry.version import content_from_mapping
 from optimizer.candidates import Candidate, Rejected, parse_candidate
-from optimizer.gate import binomial_tail
+from optimizer.gate import binomial_tail, failure_cases
 from optimizer.golden import Expectation, GoldenError, load_golden
 from optimizer.llm import LLM, BudgetExhausted, Model
+from optimizer.mining import Failure, FailureKind
+from optimizer.records import CallRecord
+from proxy.content import CaptureContent, ContentRecorder
 from tests.fake_upstream import FakeUpstream, Reply
 
 CHAT = "/v1/chat/completions"
@@ -98,3 +103,22 @@ async def test_model_calls_back_off_on_429_and_stop_at_the_budget(upstream: Fake
     with pytest.raises(BudgetExhausted):
         await llm.complete(model, [{"role": "user", "content": "one too many"}])
     assert len([s for s in upstream.seen if s.path == CHAT]) == 4
+
+
+def test_a_captured_agent_turn_replays_as_the_chat_it_was() -> None:
+    """What content capture records (the conventions' parts) goes back into chat messages
+    the API accepts: tool calls on the assistant message, answers as ``tool`` messages."""
+    call = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+    chat = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"celsius":3}'},
+        {"role": "assistant", "content": "3 °C."},
+    ]
+    recorded, _ = ContentRecorder(CaptureContent.FULL).input_messages(
+        "chat/completions", {"messages": [{"role": "system", "content": "Be brief."}, *chat]}, None
+    )
+    record = CallRecord("r1", "p", "v1", "stable", "m", None, None, recorded, None)
+    version = Version("p", "v1", content_from_mapping({"template": "Be brief."}), None, "t", "2026-12-02T00:00:00Z")
+    [case] = failure_cases([Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], version)
+    assert list(case.messages) == chat

@@ -16,7 +16,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from flywheel.registry import open_registry
 from flywheel.registry.version import content_from_mapping
 from proxy.app import METRICS
-from proxy.content import CaptureContent
+from proxy.content import CaptureContent, ContentRecorder
+from proxy.observation import Outcome
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream, Reply, sse
 from tests.spans import traced_proxy
@@ -230,6 +231,80 @@ async def test_content_capture_modes(upstream: FakeUpstream, mode: CaptureConten
         for secret in ("bob@example.com", "4111 1111 1111 1111", "sk-live-abcdefghijklmnop1234"):
             assert secret not in said and secret not in answered
         assert said.count("[REDACTED]") == 4
+
+
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_calls_are_captured_as_the_conventions_parts(upstream: FakeUpstream, stream: bool) -> None:
+    """An agent's turn: the model's earlier call and the tool's answer go in, a new call comes
+    out (whole, or in pieces in a stream) — as ``tool_call`` / ``tool_call_response`` parts."""
+    earlier = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+    messages = [
+        {"role": "user", "content": "Weather in Oslo, then Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [earlier]},
+        {"role": "tool", "tool_call_id": "call_0", "content": f'{{"celsius": 3, "token": "{API_KEY}"}}'},
+    ]
+    async with (
+        traced_proxy(upstream, capture_content=CaptureContent.REDACTED) as traced,
+        client(traced.url) as c,
+    ):
+        if stream:
+            chunks = await c.chat.completions.create(model="m", messages=messages, tools=TOOLS, stream=True)
+            pieces = [ch.choices[0].delta.tool_calls async for ch in chunks if ch.choices]
+            assert len([p for p in pieces if p]) == 4  # the call came in pieces
+        else:
+            await c.chat.completions.create(model="m", messages=messages, tools=TOOLS)
+        span = await traced.spans.one("chat")
+    inputs = orjson.loads(span.attributes["gen_ai.input.messages"])
+    assert inputs[1] == {
+        "role": "assistant",
+        "parts": [{"type": "tool_call", "id": "call_0", "name": "weather", "arguments": {"city": "Oslo"}}],
+    }
+    assert inputs[2] == {
+        "role": "tool",
+        "parts": [{"type": "tool_call_response", "id": "call_0", "response": {"celsius": 3, "token": "[REDACTED]"}}],
+    }
+    outputs = orjson.loads(span.attributes["gen_ai.output.messages"])
+    assert outputs == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "call_1", "name": "weather", "arguments": {"city": "Paris"}}],
+            "finish_reason": "tool_calls",
+        }
+    ]
+
+
+def test_responses_api_tool_items_are_captured_as_parts() -> None:
+    recorder = ContentRecorder(CaptureContent.FULL)
+    body = {
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Oslo?"}]},
+            {"type": "function_call", "call_id": "fc_1", "name": "weather", "arguments": '{"city":"Oslo"}'},
+            {"type": "function_call_output", "call_id": "fc_1", "output": "3 degrees"},
+        ]
+    }
+    inputs, _ = recorder.input_messages("responses", body, None)
+    assert orjson.loads(inputs)[1:] == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "fc_1", "name": "weather", "arguments": {"city": "Oslo"}}],
+        },
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "fc_1", "response": "3 degrees"}]},
+    ]
+    outcome = Outcome("responses", keep_text=True)
+    outcome.read_json(
+        {
+            "id": "resp_1",
+            "status": "completed",
+            "output": [{"type": "function_call", "call_id": "fc_2", "name": "weather", "arguments": '{"city":"Rome"}'}],
+        }
+    )
+    outputs = recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, None)
+    assert orjson.loads(outputs)[0]["parts"] == [
+        {"type": "tool_call", "id": "fc_2", "name": "weather", "arguments": {"city": "Rome"}}
+    ]
 
 
 async def test_feedback_is_an_evaluation_result_in_the_call_trace(upstream: FakeUpstream) -> None:
