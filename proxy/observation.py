@@ -42,6 +42,10 @@ class Outcome:
     finish_reasons: dict[int, str] = field(default_factory=dict)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input_tokens: int | None = None  # of the input tokens, read from the provider's prompt cache
+    service_tier: str | None = None
+    system_fingerprint: str | None = None
+    embedding_size: int | None = None  # dimensions of the (first) embedding returned
     texts: dict[int, list[str]] = field(default_factory=dict)
     tool_calls: dict[int, dict[int, ToolCall]] = field(default_factory=dict)  # by choice, then by position
     text_size: int = 0  # of texts and tool call arguments together
@@ -62,6 +66,11 @@ class Outcome:
         self._usage(body.get("usage"))
         if self.endpoint == "responses":
             self._response(body)
+            return
+        if self.endpoint == "embeddings":
+            data = _list(body.get("data"))
+            vector = data[0].get("embedding") if data and isinstance(data[0], dict) else None
+            self.embedding_size = len(vector) if isinstance(vector, list) else None  # base64: not known
             return
         for choice in _list(body.get("choices")):
             if not isinstance(choice, dict):
@@ -132,6 +141,10 @@ class Outcome:
             self.response_id = found
         if self.response_model is None and isinstance(found := body.get("model"), str) and found:
             self.response_model = found
+        if isinstance(found := body.get("service_tier"), str):  # a stream's chunks all say it
+            self.service_tier = found
+        if isinstance(found := body.get("system_fingerprint"), str):
+            self.system_fingerprint = found
 
     def _usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -142,6 +155,9 @@ class Outcome:
             self.input_tokens = inputs
         if isinstance(outputs, int):
             self.output_tokens = outputs
+        details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
+        if isinstance(details, dict) and isinstance(cached := details.get("cached_tokens"), int):
+            self.cached_input_tokens = cached
 
     def _response(self, body: dict[str, Any]) -> None:
         status = body.get("status")

@@ -20,6 +20,7 @@ _TABLE = "model_prices_and_context_window_backup.json"
 class Price:
     input_per_token: float
     output_per_token: float
+    cache_read_per_token: float | None = None  # input tokens served from the prompt cache (None: as input)
 
 
 class PriceTable:
@@ -48,12 +49,21 @@ class PriceTable:
                 continue
             given_in, given_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
             if isinstance(given_in, int | float) or isinstance(given_out, int | float):
-                prices[model] = Price(float(given_in or 0), float(given_out or 0))
+                cached = entry.get("cache_read_input_token_cost")
+                cache_read = float(cached) if isinstance(cached, int | float) else None
+                prices[model] = Price(float(given_in or 0), float(given_out or 0), cache_read)
         return cls(prices)
 
-    def cost(self, models: tuple[str | None, ...], input_tokens: int | None, output_tokens: int | None) -> float | None:
+    def cost(
+        self,
+        models: tuple[str | None, ...],
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cached_input_tokens: int | None = None,
+    ) -> float | None:
         """The first of ``models`` the table knows (the response's model, then the request's),
-        tried as given and without a ``provider/`` prefix."""
+        tried as given and without a ``provider/`` prefix. Cached input tokens (part of the
+        input tokens, as OpenAI counts them) at the table's cache-read price, where it has one."""
         if input_tokens is None and output_tokens is None:
             return None
         for model in models:
@@ -61,7 +71,11 @@ class PriceTable:
                 continue
             price = self._prices.get(model) or self._prices.get(model.partition("/")[2])
             if price is not None:
-                return (input_tokens or 0) * price.input_per_token + (output_tokens or 0) * price.output_per_token
+                cost = (input_tokens or 0) * price.input_per_token + (output_tokens or 0) * price.output_per_token
+                if cached_input_tokens and price.cache_read_per_token is not None:
+                    cached = min(cached_input_tokens, input_tokens or 0)
+                    cost -= cached * (price.input_per_token - price.cache_read_per_token)
+                return cost
         return None
 
     def __len__(self) -> int:

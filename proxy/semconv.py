@@ -11,12 +11,21 @@ REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
 REQUEST_TOP_P: Final = "gen_ai.request.top_p"
 REQUEST_SEED: Final = "gen_ai.request.seed"
 REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
+REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
+REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
+REQUEST_TOP_K: Final = "gen_ai.request.top_k"
+REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
+REQUEST_ENCODING_FORMATS: Final = "gen_ai.request.encoding_formats"
+OUTPUT_TYPE: Final = "gen_ai.output.type"
+CONVERSATION_ID: Final = "gen_ai.conversation.id"
+EMBEDDINGS_DIMENSION_COUNT: Final = "gen_ai.embeddings.dimension.count"
 REQUEST_STREAM: Final = "gen_ai.request.stream"
 RESPONSE_MODEL: Final = "gen_ai.response.model"
 RESPONSE_ID: Final = "gen_ai.response.id"
 RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"  # part of the input tokens
 PROMPT_NAME: Final = "gen_ai.prompt.name"
 PROMPT_VERSION: Final = "gen_ai.prompt.version"
 INPUT_MESSAGES: Final = "gen_ai.input.messages"
@@ -27,6 +36,11 @@ EVALUATION_SCORE_VALUE: Final = "gen_ai.evaluation.score.value"
 EVALUATION_SCORE_LABEL: Final = "gen_ai.evaluation.score.label"
 EVALUATION_EXPLANATION: Final = "gen_ai.evaluation.explanation"
 EVALUATION_RESULT: Final = "gen_ai.evaluation.result"  # the event (here a span) name
+
+# openai.* (the conventions' OpenAI attributes; only on spans of OpenAI-compatible upstreams)
+OPENAI_REQUEST_SERVICE_TIER: Final = "openai.request.service_tier"
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
+OPENAI_RESPONSE_SYSTEM_FINGERPRINT: Final = "openai.response.system_fingerprint"
 
 # general conventions
 ERROR_TYPE: Final = "error.type"

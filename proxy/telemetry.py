@@ -19,7 +19,6 @@ from multidict import CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from yarl import URL
 
 from flywheel.registry import Version
 from proxy import semconv as sc
@@ -30,8 +29,9 @@ from proxy.observation import Outcome
 from proxy.pricing import PriceTable
 from proxy.prompts import Applied
 from proxy.recent_calls import RecentCalls, Served
+from proxy.span_attributes import add_request_attributes, add_response_attributes, upstream_attributes
 from proxy.tracing import SCOPE, CallSpans, OpenSpan, Tracing
-from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
+from proxy.upstreams import Upstream
 from proxy.wire import Call
 
 log = logging.getLogger("flywheel.proxy")
@@ -42,23 +42,7 @@ OPERATIONS = {
     "completions": "text_completion",
     "embeddings": "embeddings",
 }
-_REQUEST_PARAMS = (
-    ("temperature", sc.REQUEST_TEMPERATURE, float),
-    ("top_p", sc.REQUEST_TOP_P, float),
-    ("max_tokens", sc.REQUEST_MAX_TOKENS, int),
-    ("max_completion_tokens", sc.REQUEST_MAX_TOKENS, int),
-    ("max_output_tokens", sc.REQUEST_MAX_TOKENS, int),
-    ("seed", sc.REQUEST_SEED, int),
-    ("n", sc.REQUEST_CHOICE_COUNT, int),
-)
-_PARAM_KEYS = frozenset(key for key, _, _ in _REQUEST_PARAMS)
 UPSTREAM_FAULTS = frozenset(("upstream_unreachable", "upstream_timeout", "upstream_cut_off"))
-_LITELLM_PROVIDERS = {
-    "bedrock": "aws.bedrock",
-    "gemini": "gcp.gemini",
-    "vertex_ai": "gcp.vertex_ai",
-    "azure": "azure.ai.openai",
-}
 
 
 class Telemetry:
@@ -102,7 +86,7 @@ class Telemetry:
         """Provider and server attributes, worked out once per configured upstream."""
         found = self._upstreams.get(id(upstream))
         if found is None:
-            found = self._upstreams[id(upstream)] = _upstream_attributes(upstream)
+            found = self._upstreams[id(upstream)] = upstream_attributes(upstream)
         return found
 
     def finished(self, traced: CallTrace) -> None:
@@ -253,7 +237,12 @@ class CallTrace:
         ended = self._ended
         status = self._status or outcome.status
         error = self._error or outcome.error_type or (str(status) if status is not None and status >= 400 else None)
-        cost = t.prices.cost((outcome.response_model, call.model), outcome.input_tokens, outcome.output_tokens)
+        cost = t.prices.cost(
+            (outcome.response_model, call.model),
+            outcome.input_tokens,
+            outcome.output_tokens,
+            outcome.cached_input_tokens,
+        )
         valid = self._schema_check(outcome, error)
         self._metrics(status, error, ended, cost, valid, outcome)
         if span is not None:
@@ -276,10 +265,10 @@ class CallTrace:
         self, status: int | None, error: str | None, cost: float | None, valid: bool | None
     ) -> dict[str, Any]:
         call, outcome = self._call, self._call.outcome
-        assert outcome is not None
+        assert outcome is not None and call.body is not None  # a CallTrace is opened for JSON bodies only
         attributes = self._attributes.copy()
-        self._add_request_attributes(attributes)
-        self._add_response_attributes(attributes, outcome)
+        add_request_attributes(attributes, call.model, call.body)
+        add_response_attributes(attributes, outcome)
         if status is not None:
             attributes[sc.HTTP_STATUS_CODE] = status
         if outcome.first_chunk_at is not None and call.stream:
@@ -293,34 +282,6 @@ class CallTrace:
         if error is not None:
             attributes[sc.ERROR_TYPE] = error
         return attributes
-
-    def _add_request_attributes(self, attributes: dict[str, Any]) -> None:
-        call = self._call
-        assert call.body is not None
-        if call.model:
-            attributes[sc.REQUEST_MODEL] = call.model
-        present = _PARAM_KEYS.intersection(call.body)  # iterates the body's few keys
-        if not present:
-            return
-        for key, name, kind in _REQUEST_PARAMS:  # in order: the last max_*tokens given wins
-            if key in present and isinstance(value := call.body[key], int | float) and not isinstance(value, bool):
-                attributes[name] = kind(value)
-
-    @staticmethod
-    def _add_response_attributes(attributes: dict[str, Any], outcome: Outcome) -> None:
-        if outcome.response_model:
-            attributes[sc.RESPONSE_MODEL] = outcome.response_model
-        if outcome.response_id:
-            attributes[sc.RESPONSE_ID] = outcome.response_id
-        reasons = outcome.finish_reasons
-        if len(reasons) == 1:
-            attributes[sc.RESPONSE_FINISH_REASONS] = tuple(reasons.values())
-        elif reasons:
-            attributes[sc.RESPONSE_FINISH_REASONS] = tuple(reasons[i] for i in sorted(reasons))
-        if outcome.input_tokens is not None:
-            attributes[sc.USAGE_INPUT_TOKENS] = outcome.input_tokens
-        if outcome.output_tokens is not None:
-            attributes[sc.USAGE_OUTPUT_TOKENS] = outcome.output_tokens
 
     def _schema_check(self, outcome: Outcome, error: str | None) -> bool | None:
         applied = self._applied
@@ -365,17 +326,6 @@ class CallTrace:
             m.schema_results.labels(*labels, model, "valid" if valid else "invalid").inc()
         if error in UPSTREAM_FAULTS or (outcome.status or 0) >= 400:
             m.upstream_errors.labels(model, status_class).inc()
-
-
-def _upstream_attributes(upstream: Upstream) -> dict[str, Any]:
-    if isinstance(upstream, LiteLLMUpstream):
-        provider = upstream.model.partition("/")[0]
-        return {sc.PROVIDER_NAME: _LITELLM_PROVIDERS.get(provider, provider)}
-    assert isinstance(upstream, OpenAIUpstream)
-    url = URL(upstream.base_url)
-    host = url.host or ""
-    provider = "azure.ai.openai" if host.endswith(".openai.azure.com") else "openai"
-    return {sc.PROVIDER_NAME: provider, sc.SERVER_ADDRESS: host, sc.SERVER_PORT: url.port or 443}
 
 
 def _inject(context: SpanContext, headers: MutableMapping[str, str]) -> None:

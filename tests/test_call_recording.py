@@ -103,6 +103,12 @@ def test_without_an_event_loop_a_call_is_recorded_at_once() -> None:
         ),
         ({"max_tokens": 10, "max_completion_tokens": 20}, {"max_tokens": 20}),  # the newer name wins
         ({"temperature": "hot", "n": True, "seed": None, "user": "u1"}, {}),  # not numbers: left out
+        (
+            {"frequency_penalty": 0.5, "presence_penalty": -1, "top_k": 40, "n": 1, "stop": "END"},
+            {"frequency_penalty": 0.5, "presence_penalty": -1.0, "top_k": 40.0, "stop_sequences": ("END",)},
+        ),  # a choice count of 1 is left out, as the conventions ask
+        ({"stop": ["a", "b"]}, {"stop_sequences": ("a", "b")}),
+        ({"stop": ["a", 1]}, {}),
     ],
 )
 def test_request_parameters_become_attributes(params: dict[str, object], recorded: dict[str, object]) -> None:

@@ -189,6 +189,7 @@ async def test_otlp_export_to_a_real_receiver(upstream: FakeUpstream, protocol: 
         "gen_ai.response.finish_reasons": ["stop"],
         "gen_ai.usage.input_tokens": 7,
         "gen_ai.usage.output_tokens": 5,
+        "openai.response.system_fingerprint": "fp_fake",
         "http.response.status_code": 200,
     }
     streamed, _ = spans[("chat gpt-4o-mini", True, None)]

@@ -112,6 +112,47 @@ async def test_azure_stream_ids_come_after_its_prompt_filter_chunk(upstream: Fak
         assert a["gen_ai.response.finish_reasons"] == ("stop",) and a["gen_ai.usage.output_tokens"] == 1
 
 
+async def test_request_options_and_response_details_follow_the_conventions(upstream: FakeUpstream) -> None:
+    answer = {
+        "id": "chatcmpl-1",
+        "model": "gpt-4o-mini-2024-07-18",
+        "service_tier": "flex",
+        "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1536}},
+    }
+    upstream.script(CHAT, Reply(body=[orjson.dumps(answer)]))
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        await c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stop=["END", "STOP"],
+            frequency_penalty=0.25,
+            presence_penalty=0.5,
+            response_format={"type": "json_object"},
+            service_tier="flex",
+        )
+        chat = await traced.spans.one("chat")
+        await c.responses.create(
+            model="gpt-4o-mini", input="Hi", conversation="conv_123", text={"format": {"type": "text"}}
+        )
+        responses = (await traced.spans.wait_for(2, "chat"))[-1]
+        await c.embeddings.create(model="text-embedding-3-small", input="x", encoding_format="float")
+        embeddings = await traced.spans.one("embeddings")
+    a = chat.attributes
+    assert a["gen_ai.request.stop_sequences"] == ("END", "STOP") and a["gen_ai.output.type"] == "json"
+    assert (a["gen_ai.request.frequency_penalty"], a["gen_ai.request.presence_penalty"]) == (0.25, 0.5)
+    assert a["openai.request.service_tier"] == "flex" and a["openai.response.service_tier"] == "flex"
+    assert a["openai.response.system_fingerprint"] == "fp_1"
+    # Cached input tokens are part of the input tokens, and cost the table's cache-read price.
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.cache_read.input_tokens"]) == (2000, 1536)
+    assert a["flywheel.cost.usd"] == pytest.approx(464 * 1.5e-7 + 1536 * 7.5e-8 + 10 * 6e-7)
+    r = responses.attributes
+    assert r["gen_ai.conversation.id"] == "conv_123" and r["gen_ai.output.type"] == "text"
+    e = embeddings.attributes
+    assert e["gen_ai.request.encoding_formats"] == ("float",) and e["gen_ai.embeddings.dimension.count"] == 3
+
+
 async def test_embeddings_span(upstream: FakeUpstream) -> None:
     async with traced_proxy(upstream) as traced, client(traced.url) as c:
         await c.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
