@@ -14,7 +14,7 @@ from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
 _REQUEST_PARAMS = (  # numbers, as the request gives them
     ("temperature", sc.REQUEST_TEMPERATURE, float),
     ("top_p", sc.REQUEST_TOP_P, float),
-    ("top_k", sc.REQUEST_TOP_K, float),
+    ("top_k", sc.REQUEST_TOP_K, int),  # an int since the conventions' v0.1.0 (a double before)
     ("frequency_penalty", sc.REQUEST_FREQUENCY_PENALTY, float),
     ("presence_penalty", sc.REQUEST_PRESENCE_PENALTY, float),
     ("max_tokens", sc.REQUEST_MAX_TOKENS, int),
@@ -43,6 +43,8 @@ def add_request_attributes(attributes: dict[str, Any], model: str | None, body: 
         return
     for key, name, kind in _REQUEST_PARAMS:  # in order: the last max_*tokens given wins
         if key in present and isinstance(value := body[key], int | float) and not isinstance(value, bool):
+            if kind is int and value != int(value):
+                continue  # 10.5 tokens is no count: left out rather than rounded
             attributes[name] = kind(value)
     if not _OPTIONS.isdisjoint(present):
         _add_request_options(attributes, body, present)

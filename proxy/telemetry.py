@@ -272,7 +272,8 @@ class CallTrace:
         if status is not None:
             attributes[sc.HTTP_STATUS_CODE] = status
         if outcome.first_chunk_at is not None and call.stream:
-            attributes[sc.TIME_TO_FIRST_CHUNK] = outcome.first_chunk_at - self._started
+            first_chunk = outcome.first_chunk_at - self._started
+            attributes[sc.TIME_TO_FIRST_CHUNK] = attributes[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = first_chunk
         if cost is not None:
             attributes[sc.COST_USD] = cost
         if valid is not None:

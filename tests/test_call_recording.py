@@ -105,8 +105,9 @@ def test_without_an_event_loop_a_call_is_recorded_at_once() -> None:
         ({"temperature": "hot", "n": True, "seed": None, "user": "u1"}, {}),  # not numbers: left out
         (
             {"frequency_penalty": 0.5, "presence_penalty": -1, "top_k": 40, "n": 1, "stop": "END"},
-            {"frequency_penalty": 0.5, "presence_penalty": -1.0, "top_k": 40.0, "stop_sequences": ("END",)},
+            {"frequency_penalty": 0.5, "presence_penalty": -1.0, "top_k": 40, "stop_sequences": ("END",)},
         ),  # a choice count of 1 is left out, as the conventions ask
+        ({"max_tokens": 10.0, "top_k": 2.5}, {"max_tokens": 10}),  # counts: whole numbers only
         ({"stop": ["a", "b"]}, {"stop_sequences": ("a", "b")}),
         ({"stop": ["a", 1]}, {}),
     ],

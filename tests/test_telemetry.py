@@ -60,6 +60,7 @@ async def test_stream_usage_is_read_and_hidden_from_an_app_that_did_not_ask(upst
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (7, 3)
     assert a["gen_ai.response.finish_reasons"] == ("stop",) and a["gen_ai.response.id"] == "chatcmpl-fake"
     assert a["gen_ai.request.stream"] is True and 0 < a["flywheel.time_to_first_chunk"] < 5
+    assert a["gen_ai.response.time_to_first_chunk"] == a["flywheel.time_to_first_chunk"]
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
