@@ -133,7 +133,7 @@ class ContentRecorder:
             return {"role": "assistant", "parts": [call]}
         if kind == "function_call_output":
             return {"role": "tool", "parts": [self._tool_response(item.get("call_id"), item.get("output"), credential)]}
-        role = str(item.get("role", "user"))
+        role = self._word(item.get("role", "user"), credential)
         if role in ("tool", "function"):
             return {
                 "role": role,
@@ -160,7 +160,9 @@ class ContentRecorder:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 parts.append(_text_part(self.clean(part["text"], credential)))
             elif isinstance(part, dict):
-                parts.append({"type": str(part.get("type", "unknown"))})  # images, audio: the kind only
+                parts.append(
+                    {"type": self._word(part.get("type", "unknown"), credential)}
+                )  # images, audio: the kind only
             elif isinstance(part, str | int):
                 parts.append(_text_part(self.clean(str(part), credential)))
         return parts
@@ -169,8 +171,8 @@ class ContentRecorder:
         """The conventions' ``tool_call`` part; arguments as the JSON they are, when they are."""
         return {
             "type": "tool_call",
-            "id": call_id if isinstance(call_id, str) else None,
-            "name": name if isinstance(name, str) else "",
+            "id": self.clean(call_id, credential) if isinstance(call_id, str) else None,
+            "name": self.clean(name, credential) if isinstance(name, str) else "",
             "arguments": self._json_or_text(arguments, credential),
         }
 
@@ -179,9 +181,13 @@ class ContentRecorder:
             response = "".join(str(p.get("text", "")) for p in response if isinstance(p, dict))
         return {
             "type": "tool_call_response",
-            "id": call_id if isinstance(call_id, str) else None,
+            "id": self.clean(call_id, credential) if isinstance(call_id, str) else None,
             "response": self._json_or_text(response, credential),
         }
+
+    def _word(self, value: Any, credential: str | None) -> str:
+        """A role or a part's type: the app's to choose, so masked like content."""
+        return self.clean(value if isinstance(value, str) else str(value), credential)
 
     def _json_or_text(self, value: Any, credential: str | None) -> Any:
         """Masked as text first, so nothing escapes the masks; then parsed back when it is

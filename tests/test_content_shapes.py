@@ -1,0 +1,105 @@
+"""Content capture on whatever JSON an app or a provider sends: the recorder never fails
+(a failure would lose the call's span and metrics), always writes the conventions' JSON,
+and masks credentials wherever in the shape they sit: the request's own key as it is,
+another key by its look (when it stands as a word of its own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.content import CaptureContent, ContentRecorder
+from proxy.observation import Outcome
+
+KEY = "sk-proj-abcdefghijklmnopqrstuvwx1234"  # the request's own
+OTHER = "sk-ant-zyxwvutsrqponmlkjihgfedcba9876"  # seen by its look only
+scalars = (
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+)
+texts = st.text(max_size=12) | st.just(KEY) | st.just(f'{{"token": "{KEY}"}}') | st.just(f" {OTHER} ")
+values = st.recursive(
+    scalars | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+calls = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": texts | values,
+            "index": st.integers(0, 2) | values,
+            "function": st.fixed_dictionaries({}, optional={"name": texts | values, "arguments": texts | values})
+            | values,
+        },
+    ),
+    max_size=3,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": st.sampled_from(["user", "assistant", "tool", "function", "system"]) | values,
+            "content": texts | values,
+            "tool_calls": calls | values,
+            "tool_call_id": texts | values,
+            "function_call": st.fixed_dictionaries({}, optional={"name": texts, "arguments": texts}) | values,
+            "type": st.sampled_from(["function_call", "function_call_output", "message"]) | values,
+            "call_id": texts | values,
+            "arguments": texts | values,
+            "output": texts | values,
+        },
+    )
+    | values,
+    max_size=4,
+)
+
+
+def _masked(written: str) -> None:
+    assert KEY not in written and OTHER not in written
+    orjson.loads(written)  # JSON, whatever came in
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=messages,
+    endpoint=st.sampled_from(["chat/completions", "responses"]),
+    mode=st.sampled_from([CaptureContent.REDACTED, CaptureContent.FULL]),
+)
+def test_any_input_shape_is_captured_as_json_with_credentials_masked(
+    items: Any, endpoint: str, mode: CaptureContent
+) -> None:
+    body = {"messages": items} if endpoint == "chat/completions" else {"input": items, "instructions": KEY}
+    inputs, system = ContentRecorder(mode).input_messages(endpoint, body, KEY)
+    _masked(inputs)
+    if system is not None:
+        _masked(system)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message=st.fixed_dictionaries({}, optional={"content": texts | values, "tool_calls": calls | values}),
+    deltas=st.lists(st.fixed_dictionaries({}, optional={"content": texts, "tool_calls": calls | values}), max_size=4),
+    output=st.lists(
+        st.fixed_dictionaries(
+            {"type": st.just("function_call")}, optional={"call_id": texts | values, "arguments": texts | values}
+        )
+        | values,
+        max_size=2,
+    ),
+)
+def test_any_output_shape_is_captured_as_json_with_credentials_masked(
+    message: dict[str, Any], deltas: list[dict[str, Any]], output: list[Any]
+) -> None:
+    recorder = ContentRecorder(CaptureContent.FULL)
+    answered = Outcome("chat/completions", keep_text=True)
+    answered.read_json({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+    streamed = Outcome("chat/completions", keep_text=True)
+    for delta in deltas:
+        streamed.read_event({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta}]})
+    responded = Outcome("responses", keep_text=True)
+    responded.read_json({"id": "r", "status": "completed", "output": output})
+    for outcome in (answered, streamed, responded):
+        _masked(recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, KEY))
