@@ -8,6 +8,7 @@ from typing import Any
 from yarl import URL
 
 from proxy import semconv as sc
+from proxy.content import mask_credentials
 from proxy.observation import Outcome
 from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
 
@@ -59,7 +60,8 @@ def _add_request_options(attributes: dict[str, Any], body: dict[str, Any], prese
         stop = body["stop"]
         stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
         if stops and all(isinstance(s, str) for s in stops):
-            attributes[sc.REQUEST_STOP_SEQUENCES] = tuple(stops)
+            # Recorded whatever the content mode, so a key pasted there is masked here.
+            attributes[sc.REQUEST_STOP_SEQUENCES] = tuple(mask_credentials(s) for s in stops)
     # Chat Completions: response_format.type; Responses API: text.format.type.
     fmt = body.get("response_format") if "response_format" in present else None
     if fmt is None and "text" in present and isinstance(text := body["text"], dict):

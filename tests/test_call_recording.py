@@ -110,6 +110,7 @@ def test_without_an_event_loop_a_call_is_recorded_at_once() -> None:
         ({"max_tokens": 10.0, "top_k": 2.5}, {"max_tokens": 10}),  # counts: whole numbers only
         ({"stop": ["a", "b"]}, {"stop_sequences": ("a", "b")}),
         ({"stop": ["a", 1]}, {}),
+        ({"stop": ["sk-live-abcdefghijklmnop1234"]}, {"stop_sequences": ("[REDACTED]",)}),  # in every content mode
     ],
 )
 def test_request_parameters_become_attributes(params: dict[str, object], recorded: dict[str, object]) -> None:
