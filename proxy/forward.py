@@ -17,7 +17,8 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
-from proxy.observation import EventScanner, Outcome
+from proxy.event_scanner import EventScanner
+from proxy.observation import Outcome
 from proxy.upstreams import OpenAIUpstream
 from proxy.wire import Call, client_headers
 

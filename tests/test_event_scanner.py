@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import observation
-from proxy.observation import EventScanner, Outcome
+from proxy import event_scanner
+from proxy.event_scanner import EventScanner
+from proxy.observation import Outcome
 
 BASE = {"object": "chat.completion.chunk", "created": 1}
 
@@ -109,7 +110,7 @@ def test_one_read_of_a_whole_stream_parses_only_what_it_records(monkeypatch: pyt
         return loads(data)
 
     shown = b"".join(e + b"\n\n" for e in events if not _usage_only(e))
-    monkeypatch.setattr(observation.orjson, "loads", counting)
+    monkeypatch.setattr(event_scanner.orjson, "loads", counting)
     assert scanner.feed(b"".join(e + b"\n\n" for e in events)) == shown
     # The closing [DONE] is known without a look at it.
     assert parsed == [e.removeprefix(b"data: ") for e in (events[0], events[-3], events[-2])]
