@@ -47,36 +47,25 @@ class ProviderError(ProxyError):
         self.type = _ERROR_TYPES.get(status, "api_error")
 
 
-# litellm keyword arguments that route a call or carry credentials; only config sets them.
-ROUTING_KEYS = frozenset(
+# litellm takes its routing, credentials, callbacks (and their hosts) and MCP servers as
+# keyword arguments beside the request's: a body passed through as it came could send the
+# call, its content or a key anywhere. Only the OpenAI API's own arguments are taken from
+# the app (openapi.yaml's CreateChatCompletionRequest and CreateEmbeddingRequest, checked
+# by a test), and two that litellm maps for other providers; anything else is refused as
+# OpenAI refuses it.
+CHAT_ARGUMENTS = frozenset(
     (
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "custom_llm_provider",
-        "organization",
-        "headers",
-        "extra_headers",
-        "timeout",
-        "num_retries",
-        "mock_response",
-        "litellm_params",
-        "client",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "aws_region_name",
-        "aws_profile_name",
-        "aws_role_name",
-        "aws_bedrock_runtime_endpoint",
-        "vertex_project",
-        "vertex_location",
-        "vertex_credentials",
-        "azure_ad_token",
-        "azure_ad_token_provider",
+        *("audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs"),
+        *("max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model"),
+        *("moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key"),
+        *("prompt_cache_options", "prompt_cache_retention", "reasoning_effort", "response_format"),
+        *("safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options"),
+        *("temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity"),
+        "web_search_options",
     )
 )
+EMBEDDING_ARGUMENTS = frozenset(("dimensions", "encoding_format", "input", "model", "user"))
+PROVIDER_ARGUMENTS = frozenset(("top_k", "thinking"))  # Anthropic's, Gemini's: litellm maps them
 
 
 class LiteLLMBridge:
@@ -92,16 +81,19 @@ class LiteLLMBridge:
                 f"/v1/{call.endpoint} is not available for the provider model `{call.model}`; "
                 "use /v1/chat/completions or /v1/embeddings."
             )
+        known = EMBEDDING_ARGUMENTS if call.endpoint == "embeddings" else CHAT_ARGUMENTS
+        unknown = sorted(k for k in call.body if k not in known and k not in PROVIDER_ARGUMENTS)
+        if unknown:
+            raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
         litellm = await self._litellm()
-        # litellm reads where to send a call and with which credentials from its keyword
-        # arguments: the request body must never choose them (no SSRF, no key swap).
-        body = {k: v for k, v in call.body.items() if k not in ROUTING_KEYS}
-        kwargs: dict[str, Any] = {**body, **upstream.params, "model": upstream.model_for(call.model)}
+        kwargs: dict[str, Any] = {**call.body, **upstream.params, "model": upstream.model_for(call.model)}
         try:
             if call.endpoint == "embeddings":
                 result = await litellm.aembedding(**kwargs)
             else:
-                result = await litellm.acompletion(**kwargs)
+                # Tools go to the provider as tools: litellm's MCP gateway (it connects to
+                # a server a tool names, and needs the `mcp` package) is never used.
+                result = await litellm.acompletion(**kwargs, _skip_mcp_handler=True)
         except Exception as exc:  # litellm's exception tree, translated once here
             error = _translate(exc)
             if call.outcome is not None:

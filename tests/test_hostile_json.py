@@ -179,23 +179,48 @@ async def test_api_base_in_the_body_is_never_followed(upstream: FakeUpstream, pr
     assert status == 200 and hits == [] and upstream.seen[-1].path == CHAT
 
 
-@pytest.mark.litellm
-async def test_api_base_in_the_body_is_never_followed_through_litellm(upstream: FakeUpstream) -> None:
+def _litellm_proxy(upstream: FakeUpstream) -> contextlib.AbstractAsyncContextManager[RunningProxy]:
     upstreams = Upstreams(
         by_model={"claude": LiteLLMUpstream("anthropic/claude-x", {"api_key": "sk-ant-test", "api_base": upstream.url})}
     )
-    async with elsewhere() as (url, hits), running(ProxyConfig(upstreams=upstreams, port=0)) as proxy:
-        body = {
-            "model": "claude",
-            "max_tokens": 20,
-            "messages": orjson.loads(MESSAGES),
-            "api_base": url,
-            "base_url": url,
-            "api_key": "sk-attacker",
-            "custom_llm_provider": "openai",
-        }
+    return running(ProxyConfig(upstreams=upstreams, port=0))
+
+
+@pytest.mark.litellm
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"api_base": "{url}", "base_url": "{url}", "api_key": "sk-attacker", "custom_llm_provider": "openai"},
+        {"use_litellm_proxy": True, "litellm_proxy_api_base": "{url}"},
+        {"success_callback": ["langfuse"], "langfuse_host": "{url}", "langfuse_public_key": "pk-attacker-0000"},
+        {"_skip_mcp_handler": False, "ssl_verify": False},
+    ],
+)
+async def test_litellm_arguments_in_the_body_are_refused_as_openai_refuses_them(
+    upstream: FakeUpstream, extra: dict[str, object]
+) -> None:
+    """litellm takes routing, credentials and callbacks (with their hosts) as keyword
+    arguments: from a body they could send the call, its content or a key anywhere. Only the
+    OpenAI API's arguments pass; the rest is OpenAI's 400, and nothing leaves the proxy."""
+    async with elsewhere() as (url, hits), _litellm_proxy(upstream) as proxy:
+        body = {"model": "claude", "max_tokens": 20, "messages": orjson.loads(MESSAGES)}
+        body |= {k: v.replace("{url}", url) if isinstance(v, str) else v for k, v in extra.items()}
+        status, answer = await _post(proxy.url, orjson.dumps(body))
+    error = orjson.loads(answer)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert error["message"] == "Unrecognized request argument supplied: " + ", ".join(sorted(extra))
+    assert error["param"] == sorted(extra)[0]
+    assert hits == [] and upstream.seen == []
+
+
+@pytest.mark.litellm
+async def test_tools_go_to_the_provider_through_litellm(upstream: FakeUpstream) -> None:
+    """litellm 1.106 sends a call with tools to its MCP gateway first, which needs the `mcp`
+    package (not shipped: every tool call failed) and connects to servers a tool names; the
+    bridge skips it, so tools reach the provider as its tools."""
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    async with _litellm_proxy(upstream) as proxy:
+        body = {"model": "claude", "max_tokens": 20, "messages": orjson.loads(MESSAGES), "tools": [weather]}
         status, answer = await _post(proxy.url, orjson.dumps(body))
     assert status == 200, answer
-    assert hits == []
-    sent = upstream.seen[-1]
-    assert sent.path == "/v1/messages" and sent.headers["x-api-key"] == "sk-ant-test"
+    assert [t["name"] for t in upstream.seen[-1].json()["tools"]] == ["weather"]  # in Anthropic's shape

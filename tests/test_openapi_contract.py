@@ -18,9 +18,11 @@ from typing import Any
 import orjson
 import pytest
 import schemathesis
+import yaml
 from hypothesis import HealthCheck, event, settings
 from schemathesis.generation import GenerationMode
 
+from proxy.litellm_bridge import CHAT_ARGUMENTS, EMBEDDING_ARGUMENTS
 from tests.background import Background, proxy_in_thread
 from tests.fake_upstream import Reply
 
@@ -76,3 +78,23 @@ def test_proxy_honours_the_openai_contract(case: Any, background: Background) ->
         if expected.get("stream") is True and not (isinstance(options, dict) and "include_usage" in options):
             expected["stream_options"] = {**(options or {}), "include_usage": True}  # asked for on the app's behalf
         assert sent == expected
+
+
+def _properties(schemas: dict[str, Any], name: str) -> set[str]:
+    schema = schemas[name]
+    found = set(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        found |= (
+            _properties(schemas, part["$ref"].rsplit("/", 1)[1]) if "$ref" in part else set(part.get("properties", {}))
+        )
+    return found
+
+
+def test_the_litellm_bridge_takes_exactly_the_openai_arguments() -> None:
+    """The bridge passes only the OpenAI API's own arguments to litellm (the rest could
+    route the call); the lists are OpenAI's, so a newer description shows what to add."""
+    if not SPEC.exists():
+        pytest.skip(f"OpenAI's OpenAPI description is not at {SPEC}")
+    schemas = yaml.safe_load(SPEC.read_text(encoding="utf-8"))["components"]["schemas"]
+    assert _properties(schemas, "CreateChatCompletionRequest") == CHAT_ARGUMENTS
+    assert _properties(schemas, "CreateEmbeddingRequest") == EMBEDDING_ARGUMENTS
