@@ -83,9 +83,9 @@ def failure_cases(failures: Sequence[Failure], version: Version) -> list[Case]:
         messages = _openai_messages(failure.call.input_messages)
         if messages is None:
             continue
-        cases.append(
-            Case(f"failure:{failure.call.request_id}", tuple(messages), {}, _fixed_when(failure, version), "failure")
-        )
+        tools = _openai_tools(failure.call.tool_definitions)
+        case_id = f"failure:{failure.call.request_id}"
+        cases.append(Case(case_id, tuple(messages), {}, _fixed_when(failure, version), "failure", tools))
     return cases
 
 
@@ -135,6 +135,18 @@ def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, A
             chat["tool_calls"] = calls
         out.append(chat)
     return out or None
+
+
+def _openai_tools(definitions: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
+    """The conventions' flat tool definitions back into the chat API's; built-in tools (the
+    Responses API's web search and the like) have no chat form and are left out."""
+    tools = []
+    for definition in definitions:
+        if not isinstance(definition, dict) or definition.get("type") != "function" or not definition.get("name"):
+            continue
+        function = {k: definition[k] for k in ("name", "description", "parameters") if k in definition}
+        tools.append({"type": "function", "function": function})
+    return tuple(tools)
 
 
 def _as_text(value: Any) -> str:
@@ -193,6 +205,8 @@ class Gate:
         messages = [{"role": "system", "content": Template.parse(system_prompt).render(case.vars)}]
         messages += [dict(m) for m in case.messages if m.get("role") not in ("system", "developer")]
         params: dict[str, Any] = dict(content.params)
+        if case.tools:
+            params["tools"] = [dict(t) for t in case.tools]
         if content.response_schema is not None:
             params["response_format"] = {
                 "type": "json_schema",

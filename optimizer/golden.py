@@ -5,6 +5,9 @@ One case per line::
     {"id": "refund-1", "messages": [{"role": "user", "content": "…"}], "vars": {"product": "Acme"},
      "expect": {"schema": {…}}}
 
+``tools`` (optional) are the chat API's tool definitions, offered to the model as the app
+offers them, so that a conversation with tool calls in it can be replayed.
+
 ``expect`` is one of ``{"exact": str}``, ``{"contains": str}``, ``{"regex": str}``,
 ``{"schema": JSON Schema}``, ``{"judge": rubric}`` (an LLM judge answers pass or fail),
 or ``{"ok": true}`` (any answer without an error).
@@ -63,6 +66,7 @@ class Case:
     vars: Mapping[str, str] = field(default_factory=dict)
     expect: Expectation = Expectation("ok", True)
     source: str = "golden"  # or "failure": a mined production failure
+    tools: tuple[Mapping[str, Any], ...] = ()  # chat API tool definitions, sent as `tools`
 
 
 def load_golden(path: Path) -> list[Case]:
@@ -98,6 +102,11 @@ def _case(line: str, where: str) -> Case:
     expect = data.get("expect")
     if not isinstance(expect, dict) or len(expect) != 1 or next(iter(expect)) not in KINDS:
         raise GoldenError(f'{where}: `expect` must be one of {", ".join(KINDS)}, e.g. {{"contains": "refund"}}')
+    tools = data.get("tools", [])
+    if not isinstance(tools, list) or not all(_is_tool(t) for t in tools):
+        raise GoldenError(
+            f'{where}: `tools` must be a list of {{"type": "function", "function": {{"name": …, "parameters": …}}}}'
+        )
     kind, value = next(iter(expect.items()))
     if kind == "regex":
         try:
@@ -114,4 +123,10 @@ def _case(line: str, where: str) -> Case:
         messages=tuple(messages),
         vars={k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in variables.items()},
         expect=Expectation(kind, value),
+        tools=tuple(tools),
     )
+
+
+def _is_tool(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str) and bool(function["name"])

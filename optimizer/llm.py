@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 
 class BudgetExhausted(RuntimeError):
     pass
@@ -59,6 +61,7 @@ class LLM:
         litellm = await self._module()
         kwargs: dict[str, Any] = {**(params or {}), "model": model.litellm_name(), "messages": list(messages)}
         kwargs["max_retries"] = 0  # retries are ours, so that every HTTP call counts against --max-calls
+        kwargs["_skip_mcp_handler"] = True  # a replay's tools go to the model (litellm's MCP gateway needs `mcp`)
         if model.api_base:
             kwargs["api_base"] = model.api_base
         if model.api_key:
@@ -82,7 +85,7 @@ class LLM:
                 outputs = getattr(usage, "completion_tokens", 0) or 0
                 self.input_tokens += inputs
                 self.output_tokens += outputs
-                return Completion(result.choices[0].message.content or "", inputs, outputs)
+                return Completion(_answer_text(result.choices[0].message), inputs, outputs)
         raise AssertionError("unreachable")
 
     async def _module(self) -> Any:
@@ -94,3 +97,16 @@ class LLM:
                 logging.getLogger(name).setLevel(logging.WARNING)  # a line per call otherwise
             self._litellm.telemetry = False
         return self._litellm
+
+
+def _answer_text(message: Any) -> str:
+    """The answer's text; an answer that only calls tools is those calls as JSON
+    (``[{"name", "arguments"}]``), so that expectations and the judge see what the model did."""
+    if message.content:
+        return str(message.content)
+    calls = [
+        {"name": call.function.name, "arguments": call.function.arguments}
+        for call in getattr(message, "tool_calls", None) or ()
+        if getattr(call, "function", None) is not None
+    ]
+    return orjson.dumps(calls).decode() if calls else ""

@@ -30,11 +30,16 @@ class CallRecord:
     time_ns: int = 0
     duration_s: float = 0.0
     cost_usd: float | None = None
+    tools_json: str | None = None  # gen_ai.tool.definitions: the tools the call offered
 
     # Parsed on demand: mining reads a million calls and looks at the content of a few.
     @property
     def input_messages(self) -> tuple[Any, ...] | None:
         return _messages(self.input_json)
+
+    @property
+    def tool_definitions(self) -> tuple[Any, ...]:
+        return _messages(self.tools_json) or ()
 
     @property
     def output_text(self) -> str | None:
@@ -95,6 +100,7 @@ def from_attributes(
         cost_usd=float(attributes["flywheel.cost.usd"])
         if attributes.get("flywheel.cost.usd") not in (None, "")
         else None,
+        tools_json=_text(attributes.get("gen_ai.tool.definitions")),
     )
 
 

@@ -27,21 +27,30 @@ class CaptureContent(enum.StrEnum):
     FULL = "full"
 
 
+# Tool arguments and answers are masked as JSON text, where a newline before a key is the
+# two characters \n: a word starts there too, as it does in plain text.
+_AFTER_ESCAPE = r"(?<=\\[nrtbf])"
 _CREDENTIALS = re.compile(
-    r"""
-      \b(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}               # OpenAI / Stripe-style keys
-    | \bsk-ant-[A-Za-z0-9_\-]{16,}                     # Anthropic
-    | \bAKIA[0-9A-Z]{16}\b                             # AWS access key id
-    | \bAIza[0-9A-Za-z_\-]{35}\b                       # Google API key
-    | \bgh[pousr]_[A-Za-z0-9]{36,}\b                   # GitHub tokens
-    | \bxox[abposr]-[A-Za-z0-9\-]{10,}                 # Slack tokens
-    | \beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
-    | (?i:\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*         # bearer tokens
+    r"(?:(?<![A-Za-z0-9_])|"
+    + _AFTER_ESCAPE
+    + r")"
+    + r"""
+    (?:
+      (?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}                 # OpenAI / Stripe-style keys
+    | sk-ant-[A-Za-z0-9_\-]{16,}                       # Anthropic
+    | AKIA[0-9A-Z]{16}\b                               # AWS access key id
+    | AIza[0-9A-Za-z_\-]{35}\b                         # Google API key
+    | gh[pousr]_[A-Za-z0-9]{36,}\b                     # GitHub tokens
+    | xox[abposr]-[A-Za-z0-9\-]{10,}                   # Slack tokens
+    | eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
+    | (?i:bearer\s+)[A-Za-z0-9._~+/\-]{8,}=*           # bearer tokens
+    )
     """,
     re.VERBOSE,
 )
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"\b(?:\d[ \-]?){12,18}\d\b")
+# Not from the n of an escaped newline: the address starts after it (or after \\).
+_EMAIL = re.compile(r"(?:" + _AFTER_ESCAPE + r"|(?<=\\\\)|(?<!\\)\b)[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
+_CARD = re.compile(r"(?:" + _AFTER_ESCAPE + r"|\b)(?:\d[ \-]?){12,18}\d\b")
 
 
 def mask_credentials(text: str) -> str:
@@ -109,6 +118,37 @@ class ContentRecorder:
                 messages.append(self._message(item, credential))
         instructions = orjson.dumps(system).decode() if system else None
         return orjson.dumps(messages).decode(), instructions
+
+    def tool_definitions(self, body: dict[str, Any], credential: str | None) -> str | None:
+        """``gen_ai.tool.definitions`` as a JSON string, None when the call offers no tools.
+
+        Chat nests a function under ``function``, the Responses API does not, and chat's older
+        ``functions`` has no wrapper; all become the conventions' flat ``{type, name,
+        description, parameters}``. Built-in tools (``{"type": "web_search"}``) are named by
+        their type. Everything is masked like content: descriptions are the app's text.
+        """
+        given = body.get("tools")
+        tools = list(given) if isinstance(given, list) else []
+        legacy = body.get("functions")
+        if isinstance(legacy, list):
+            tools += [{"type": "function", "function": f} for f in legacy if isinstance(f, dict)]
+        definitions = [self._tool_definition(tool, credential) for tool in tools if isinstance(tool, dict)]
+        return orjson.dumps(definitions).decode() if definitions else None
+
+    def _tool_definition(self, tool: dict[str, Any], credential: str | None) -> dict[str, Any]:
+        kind = self._word(tool.get("type", "function"), credential)
+        nested = tool.get("function")
+        spec = nested if isinstance(nested, dict) else tool
+        name = spec.get("name")
+        definition: dict[str, Any] = {
+            "type": kind,
+            "name": self.clean(name, credential) if isinstance(name, str) else kind,
+        }
+        if isinstance(spec.get("description"), str):
+            definition["description"] = self.clean(spec["description"], credential)
+        if spec.get("parameters") is not None:
+            definition["parameters"] = self._json_or_text(spec["parameters"], credential)
+        return definition
 
     def output_messages(
         self,

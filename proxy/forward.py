@@ -171,10 +171,13 @@ async def _pump(
                 if outcome.first_chunk_at is None:
                     outcome.first_chunk_at = time.perf_counter()
                 outcome.delivered = outcome.completed
-    if scanner is not None and (rest := scanner.close()):
+    rest = scanner.close() if scanner is not None else b""
+    if outcome is not None:
+        outcome.stream_ended()
+    if rest:
         await response.write(rest)
-        if outcome is not None:
-            outcome.delivered = outcome.completed
+    if outcome is not None:
+        outcome.delivered = outcome.completed
     await response.write_eof()
 
 

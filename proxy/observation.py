@@ -119,6 +119,13 @@ class Outcome:
         self._usage(usage)
         return not choices and isinstance(usage, dict)
 
+    def stream_ended(self) -> None:
+        """The provider ended its stream cleanly. Some OpenAI-compatible servers send no
+        ``[DONE]``: an answer whose every choice has its finish reason is whole all the same."""
+        if self.completed or not self.finish_reasons or self.endpoint == "responses":
+            return
+        self.completed = set(self.texts).union(self.tool_calls) <= self.finish_reasons.keys()
+
     def _stream_error(self, error: Any) -> None:
         found = None
         if isinstance(error, dict):

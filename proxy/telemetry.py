@@ -299,6 +299,9 @@ class CallTrace:
         attributes[sc.INPUT_MESSAGES] = inputs
         if system is not None:
             attributes[sc.SYSTEM_INSTRUCTIONS] = system
+        tools = recorder.tool_definitions(self._call.body, self._credential)
+        if tools is not None:
+            attributes[sc.TOOL_DEFINITIONS] = tools
         if outcome.texts or outcome.tool_calls or outcome.finish_reasons:
             attributes[sc.OUTPUT_MESSAGES] = recorder.output_messages(
                 outcome.texts, outcome.tool_calls, outcome.finish_reasons, self._credential

@@ -1,7 +1,8 @@
 """Content capture on whatever JSON an app or a provider sends: the recorder never fails
 (a failure would lose the call's span and metrics), always writes the conventions' JSON,
 and masks credentials wherever in the shape they sit: the request's own key as it is,
-another key by its look (when it stands as a word of its own)."""
+another key by its look (when it starts a word, in the text or in the JSON text a tool's
+arguments and answers are masked as)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ OTHER = "sk-ant-zyxwvutsrqponmlkjihgfedcba9876"  # seen by its look only
 scalars = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
 )
-texts = st.text(max_size=12) | st.just(KEY) | st.just(f'{{"token": "{KEY}"}}') | st.just(f" {OTHER} ")
+texts = (
+    st.text(max_size=12)
+    | st.just(KEY)
+    | st.just(f'{{"token": "{KEY}"}}')
+    | st.just(f" {OTHER} ")
+    | st.just(f"log:\n{OTHER}")  # in JSON text (a tool's arguments or answer) that is log:\\n<key>
+)
 values = st.recursive(
     scalars | texts,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
@@ -55,6 +62,22 @@ messages = st.lists(
     | values,
     max_size=4,
 )
+
+
+definitions = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.just("function") | texts | values,
+        "name": texts | values,
+        "description": texts | values,
+        "parameters": values,
+        "function": st.fixed_dictionaries(
+            {}, optional={"name": texts | values, "description": texts | values, "parameters": values}
+        )
+        | values,
+    },
+)
+tools = st.lists(definitions | values, max_size=3) | values
 
 
 def _masked(written: str) -> None:
@@ -103,3 +126,36 @@ def test_any_output_shape_is_captured_as_json_with_credentials_masked(
     responded.read_json({"id": "r", "status": "completed", "output": output})
     for outcome in (answered, streamed, responded):
         _masked(recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, KEY))
+
+
+@settings(max_examples=300, deadline=None)
+@given(given_tools=tools, functions=tools, mode=st.sampled_from([CaptureContent.REDACTED, CaptureContent.FULL]))
+def test_any_tool_definitions_are_captured_as_json_with_credentials_masked(
+    given_tools: Any, functions: Any, mode: CaptureContent
+) -> None:
+    written = ContentRecorder(mode).tool_definitions({"tools": given_tools, "functions": functions}, KEY)
+    if written is not None:
+        _masked(written)
+        assert all(isinstance(d.get("type"), str) and isinstance(d.get("name"), str) for d in orjson.loads(written))
+
+
+def test_what_follows_an_escaped_newline_in_tool_json_is_masked() -> None:
+    """Tool arguments and answers are masked as JSON text, where a line break is the two
+    characters \\n: a key, an email or a card number on the next line is still a word's start,
+    and the JSON keeps its shape (nothing of the escape is masked away)."""
+    answer = {
+        "log": f"first\n{OTHER}",
+        "env": f"A=1\t{OTHER}",
+        "mail": "to:\nbob@example.com",
+        "path": "C:\\bob@example.com",
+        "card": "paid with\n4111 1111 1111 1111",
+    }
+    body = {"messages": [{"role": "tool", "tool_call_id": "c", "content": orjson.dumps(answer).decode()}]}
+    inputs, _ = ContentRecorder(CaptureContent.REDACTED).input_messages("chat/completions", body, None)
+    assert orjson.loads(inputs)[0]["parts"][0]["response"] == {
+        "log": "first\n[REDACTED]",
+        "env": "A=1\t[REDACTED]",
+        "mail": "to:\n[REDACTED]",
+        "path": "C:\\[REDACTED]",
+        "card": "paid with\n[REDACTED]",
+    }

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from flywheel.registry import Version
 from flywheel.registry.version import content_from_mapping
 from optimizer.candidates import Candidate, Rejected, parse_candidate
-from optimizer.gate import binomial_tail, failure_cases
+from optimizer.gate import Gate, binomial_tail, failure_cases
 from optimizer.golden import Expectation, GoldenError, load_golden
 from optimizer.llm import LLM, BudgetExhausted, Model
 from optimizer.mining import Failure, FailureKind
@@ -66,6 +67,8 @@ async def test_judge_expectation_asks_the_judge() -> None:
         ('{"expect": {"schema": {"type": 5}}}', "bad schema"),
         ('{"messages": "hi", "expect": {"ok": true}}', "`messages` must be a list"),
         ('{"expect": {"contains": "a", "exact": "b"}}', "`expect` must be one of"),
+        ('{"tools": [{"type": "function"}], "expect": {"ok": true}}', "`tools` must be a list"),
+        ('{"tools": {"weather": {}}, "expect": {"ok": true}}', "`tools` must be a list"),
     ],
 )
 def test_bad_golden_lines(tmp_path: Path, line: str, message: str) -> None:
@@ -122,3 +125,43 @@ def test_a_captured_agent_turn_replays_as_the_chat_it_was() -> None:
     version = Version("p", "v1", content_from_mapping({"template": "Be brief."}), None, "t", "2026-12-02T00:00:00Z")
     [case] = failure_cases([Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], version)
     assert list(case.messages) == chat
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "Today's weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+async def test_a_replayed_agent_turn_offers_the_tools_it_was_offered(upstream: FakeUpstream) -> None:
+    """The tools a call offered (``gen_ai.tool.definitions``) go back to the model when the
+    gate replays it, in the chat API's shape; a built-in tool of the Responses API, which
+    chat has no form for, is left out. An answer that calls a tool is judged as that call."""
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER, {"type": "web_search"}]}
+    recorder = ContentRecorder(CaptureContent.FULL)
+    recorded, _ = recorder.input_messages("chat/completions", body, None)
+    record = CallRecord(
+        "r1", "p", "v1", "stable", "m", None, None, recorded, None, tools_json=recorder.tool_definitions(body, None)
+    )
+    version = Version("p", "v1", content_from_mapping({"template": "Be brief."}), None, "t", "2026-12-02T00:00:00Z")
+    [case] = failure_cases([Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], version)
+    assert case.tools == (WEATHER,)
+    model = Model("task", upstream.url + "/v1", "sk-test")
+    verdict = await Gate(LLM(max_calls=4), model, model, version, [case]).evaluate("Be very brief.")
+    sent = [s.json() for s in upstream.seen if s.path == CHAT]
+    assert [b["tools"] for b in sent] == [[WEATHER], [WEATHER]]  # parent, then candidate
+    assert orjson.loads(verdict.results[0].candidate.answer or "") == [
+        {"name": "weather", "arguments": '{"city":"Paris"}'}
+    ]
+
+
+def test_golden_cases_may_offer_tools(tmp_path: Path) -> None:
+    path = tmp_path / "golden.jsonl"
+    line = {"messages": [{"role": "user", "content": "Paris?"}], "tools": [WEATHER], "expect": {"contains": "weather"}}
+    path.write_bytes(orjson.dumps(line) + b"\n")
+    [case] = load_golden(path)
+    assert case.tools == (WEATHER,)

@@ -250,6 +250,45 @@ async def test_prompt_and_schema_evaluation_on_the_span(upstream: FakeUpstream, 
     assert 'result="invalid",version=' in metrics
 
 
+async def test_a_stream_without_done_is_whole_when_every_choice_finished(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Some OpenAI-compatible servers end a stream without ``[DONE]``. A clean end after the
+    finish reason is a whole answer (its schema is checked); a clean end before it is not."""
+    registry = open_registry(tmp_path / "r")
+    schema = {"type": "object", "required": ["answer"]}
+    registry.push("p", content_from_mapping({"template": "Answer.", "response_schema": schema}))
+    text = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": '{"answer": "yes"}'}}]}
+    finished = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    async with traced_proxy(upstream, registry=registry) as traced, client(traced.url) as c:
+        for events in (sse(text, finished, done=False), sse(text, done=False)):
+            upstream.script(CHAT, Reply(content_type="text/event-stream", body=events))
+            stream = await c.chat.completions.create(
+                model="m", messages=MESSAGES, stream=True, extra_headers={"X-Prompt-Name": "p"}
+            )
+            _ = [chunk async for chunk in stream]
+        whole, cut = await traced.spans.wait_for(2, "chat")
+    assert whole.attributes["flywheel.eval.schema_valid"] is True
+    assert whole.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert "flywheel.eval.schema_valid" not in cut.attributes and "error.type" not in cut.attributes
+
+
+def test_a_clean_end_is_whole_only_when_every_choice_with_output_finished() -> None:
+    outcome = Outcome("chat/completions", keep_text=True)
+    for index in (0, 1):
+        outcome.read_event({"id": "c", "model": "m", "choices": [{"index": index, "delta": {"content": "x"}}]})
+    outcome.read_event({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    outcome.stream_ended()
+    assert not outcome.completed  # choice 1 was cut short
+    outcome.read_event({"id": "c", "model": "m", "choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]})
+    outcome.stream_ended()
+    assert outcome.completed
+    responses = Outcome("responses", keep_text=True)
+    responses.finish_reasons[0] = "stop"
+    responses.stream_ended()
+    assert not responses.completed  # the Responses API ends with its terminal event, or not at all
+
+
 @pytest.mark.parametrize("mode", list(CaptureContent))
 async def test_content_capture_modes(upstream: FakeUpstream, mode: CaptureContent) -> None:
     user = f"Mail bob@example.com, card 4111 1111 1111 1111, key sk-live-abcdefghijklmnop1234 and {API_KEY}"
@@ -275,7 +314,16 @@ async def test_content_capture_modes(upstream: FakeUpstream, mode: CaptureConten
         assert said.count("[REDACTED]") == 4
 
 
-TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": f"Ask ops@example.com; key {API_KEY}",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -308,6 +356,14 @@ async def test_tool_calls_are_captured_as_the_conventions_parts(upstream: FakeUp
         "role": "tool",
         "parts": [{"type": "tool_call_response", "id": "call_0", "response": {"celsius": 3, "token": "[REDACTED]"}}],
     }
+    assert orjson.loads(span.attributes["gen_ai.tool.definitions"]) == [
+        {
+            "type": "function",
+            "name": "weather",
+            "description": "Ask [REDACTED]; key [REDACTED]",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
     outputs = orjson.loads(span.attributes["gen_ai.output.messages"])
     assert outputs == [
         {
@@ -347,6 +403,30 @@ def test_responses_api_tool_items_are_captured_as_parts() -> None:
     assert orjson.loads(outputs)[0]["parts"] == [
         {"type": "tool_call", "id": "fc_2", "name": "weather", "arguments": {"city": "Rome"}}
     ]
+
+
+def test_tool_definitions_of_every_api_shape_are_the_conventions_flat_ones() -> None:
+    """Chat nests under ``function``, the Responses API is flat with built-in tools beside,
+    chat's older ``functions`` has no wrapper: one shape on the span. No tools, no attribute."""
+    recorder = ContentRecorder(CaptureContent.FULL)
+    weather = {"name": "weather", "description": "Today's weather", "parameters": {"type": "object"}}
+    flat = {"type": "function", **weather}
+    assert recorder.tool_definitions({"messages": []}, None) is None
+    assert recorder.tool_definitions({"tools": []}, None) is None
+    chat = {"tools": [{"type": "function", "function": weather}], "functions": [{"name": "time"}, "junk"]}
+    assert orjson.loads(recorder.tool_definitions(chat, None) or "") == [flat, {"type": "function", "name": "time"}]
+    responses = {"tools": [flat, {"type": "web_search"}, 7]}
+    assert orjson.loads(recorder.tool_definitions(responses, None) or "") == [
+        flat,
+        {"type": "web_search", "name": "web_search"},
+    ]
+
+
+async def test_tool_definitions_are_content_and_off_by_default(upstream: FakeUpstream) -> None:
+    async with traced_proxy(upstream) as traced, client(traced.url) as c:
+        await c.chat.completions.create(model="m", messages=MESSAGES, tools=TOOLS)
+        span = await traced.spans.one("chat")
+    assert "gen_ai.tool.definitions" not in span.attributes
 
 
 async def test_feedback_is_an_evaluation_result_in_the_call_trace(upstream: FakeUpstream) -> None:
