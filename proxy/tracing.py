@@ -16,7 +16,14 @@ from typing import Any, NamedTuple
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace import (
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+    TracerProvider,
+    sampling,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Counter
@@ -37,6 +44,9 @@ class Export:
     service_name: str | None = "flywheel-proxy"  # None when OTEL_SERVICE_NAME names it
     queue_size: int = 8192  # OTEL_BSP_MAX_QUEUE_SIZE: spans waiting, per exporter, before drops
     schedule_delay: float = 1.0  # OTEL_BSP_SCHEDULE_DELAY (ms there): the oldest span's longest wait
+    # OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: longer
+    # strings are cut, as the SDK cuts them (captured content is what grows past a backend's limit)
+    attribute_length: int | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], spans_file: Path | None, spans_file_max_bytes: int) -> Export:
@@ -56,6 +66,7 @@ class Export:
             service_name=None if environ.get("OTEL_SERVICE_NAME") else "flywheel-proxy",
             queue_size=_positive_int(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 8192),
             schedule_delay=_positive_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000,
+            attribute_length=_length_limit(environ),
         )
 
 
@@ -68,6 +79,16 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _length_limit(environ: Mapping[str, str]) -> int | None:
+    for name in ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
+        raw = (environ.get(name) or "").strip()
+        if raw and not raw.isdigit():
+            raise ValueError(f"{name}={raw!r}: give a whole number of characters")
+        if raw:
+            return int(raw)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Tracing:
     """The SDK objects the proxy records with: the provider (feedback spans, flush,
@@ -76,12 +97,17 @@ class Tracing:
 
     provider: TracerProvider
     processor: SpanProcessor
+    attribute_length: int | None = None  # string attributes cut to this many characters
 
     @classmethod
-    def around(cls, processor: SpanProcessor, resource: Resource | None = None) -> Tracing:
-        provider = TracerProvider(resource=resource) if resource is not None else TracerProvider()
+    def around(
+        cls, processor: SpanProcessor, resource: Resource | None = None, attribute_length: int | None = None
+    ) -> Tracing:
+        # The SDK's spans (feedback) cut to the same length as the call spans.
+        limits = SpanLimits(max_span_attribute_length=attribute_length) if attribute_length is not None else None
+        provider = TracerProvider(resource=resource, span_limits=limits)
         provider.add_span_processor(processor)
-        return cls(provider, processor)
+        return cls(provider, processor, attribute_length)
 
 
 def build_tracing(export: Export, dropped: Counter) -> Tracing:
@@ -94,7 +120,7 @@ def build_tracing(export: Export, dropped: Counter) -> Tracing:
         processor.add_span_processor(_batched(export, JsonEncoder().encode, store, dropped, "flywheel-spans-file"))
     # Resource.create also reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, as users expect.
     resource = Resource.create({"service.name": export.service_name} if export.service_name else {})
-    return Tracing.around(processor, resource)
+    return Tracing.around(processor, resource, export.attribute_length)
 
 
 def _batched(export: Export, encode: Encode, sink: SpanSink, dropped: Counter, name: str) -> BatchedSpansProcessor:
@@ -131,6 +157,7 @@ class CallSpans:
         self._parent_based_always_on = provider.sampler is sampling.DEFAULT_ON
         self._resource = provider.resource
         self._processor = tracing.processor
+        self._attribute_length = tracing.attribute_length
 
     def start(self, parent: Context | None, name: str, start_ns: int) -> OpenSpan:
         parent_span = trace.get_current_span(parent).get_span_context() if parent is not None else None
@@ -155,6 +182,8 @@ class CallSpans:
         """Hand the finished span to the processors; it ended at ``end_ns`` (default: now)."""
         if not span.context.trace_flags.sampled:
             return
+        if self._attribute_length is not None:
+            attributes = _cut(attributes, self._attribute_length)
         self._processor.on_end(
             ReadableSpan(
                 name,
@@ -169,6 +198,19 @@ class CallSpans:
                 instrumentation_scope=SCOPE,
             )
         )
+
+
+def _cut(attributes: dict[str, Any], length: int) -> dict[str, Any]:
+    """Strings, and strings in sequences, cut to ``length`` characters (what the SDK's
+    ``BoundedAttributes`` does for its spans)."""
+    cut = {}
+    for key, value in attributes.items():
+        if isinstance(value, str):
+            value = value[:length]
+        elif isinstance(value, tuple | list):
+            value = tuple(v[:length] if isinstance(v, str) else v for v in value)
+        cut[key] = value
+    return cut
 
 
 SCOPE = InstrumentationScope("flywheel.proxy")

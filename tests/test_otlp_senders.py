@@ -68,6 +68,8 @@ def test_settings_follow_the_otlp_variables() -> None:
         ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/no/such/key.pem", "no readable file"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "-5", "positive whole number"),
         ("OTEL_BSP_SCHEDULE_DELAY", "0", "positive whole number"),
+        ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-1", "whole number of characters"),
+        ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "2k", "whole number of characters"),
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(name: str, value: str, message: str) -> None:

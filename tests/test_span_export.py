@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from flywheel.spans import SpansFileExporter, open_span_source
+from proxy.content import CaptureContent
 from proxy.server import running
 from proxy.tracing import Export
 from tests.conftest import API_KEY, config_for
@@ -44,6 +45,30 @@ async def test_spans_file_round_trips_through_the_span_source(upstream: FakeUpst
     assert len(first.trace_id) == 32 and len(first.span_id) == 16 and first.end_ns > first.start_ns
     assert first.resource["service.name"] == "flywheel-proxy"
     assert spans[1].attributes["gen_ai.request.stream"] is True
+
+
+async def test_long_attributes_are_cut_as_the_sdk_cuts_them(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT (the SPAN_ one first) cuts strings, and strings in
+    lists, on call spans and feedback spans alike: captured content is what outgrows a
+    collector's or a backend's limits."""
+    path = tmp_path / "spans.jsonl"
+    environ = {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "99", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "40"}
+    export = Export.from_environ(environ, path, 1 << 20)
+    config = config_for(upstream.url, export=export, capture_content=CaptureContent.FULL)
+    async with running(config) as proxy:
+        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
+            long = [{"role": "user", "content": "x" * 500}]
+            raw = await c.chat.completions.with_raw_response.create(model="m", messages=long, stop=["a" * 60, "b"])
+        async with aiohttp.ClientSession() as session:
+            feedback = {"request_id": raw.headers["X-Request-Id"], "thumbs": "down", "comment": "y" * 80}
+            async with session.post(proxy.url + "/v1/feedback", json=feedback) as answer:
+                assert answer.status == 202
+    call, rated = list(open_span_source(path).spans())
+    assert len(call.attributes["gen_ai.input.messages"]) == 40
+    assert call.attributes["gen_ai.request.stop_sequences"] == ["a" * 40, "b"]
+    assert call.attributes["gen_ai.usage.input_tokens"] == 7  # numbers as they are
+    assert rated.attributes["gen_ai.evaluation.explanation"] == "y" * 40
+    assert rated.attributes["flywheel.request_id"] == raw.headers["X-Request-Id"]  # ids are shorter
 
 
 def _span_batch(provider: TracerProvider, count: int) -> list[object]:
