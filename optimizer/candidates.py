@@ -46,8 +46,9 @@ def meta_prompt(parent: str, failures: list[Failure], previous: list[str]) -> li
         lines.append(f"## Failure {number}: {', '.join(sorted(failure.kinds))}")
         if failure.call.input_messages:
             lines.append("Input: " + _brief(_message_text(failure.call.input_messages)))
-        if failure.call.output_text:
-            lines.append("Answer: " + _brief(failure.call.output_text))
+        answer = failure.call.output_text or _message_text(failure.call.output_messages or ())
+        if answer:
+            lines.append("Answer: " + _brief(answer))
         for feedback in failure.feedback:
             if feedback.comment:
                 lines.append("User said: " + _brief(feedback.comment))
@@ -104,9 +105,26 @@ def _message_text(messages: tuple[Any, ...]) -> str:
     texts = []
     for message in messages:
         for part in message.get("parts", []) if isinstance(message, dict) else []:
-            if isinstance(part, dict) and isinstance(part.get("content"), str):
-                texts.append(f"[{message.get('role')}] {part['content']}")
+            text = _part_text(part) if isinstance(part, dict) else None
+            if text is not None:
+                texts.append(f"[{message.get('role')}] {text}")
     return " ".join(texts)
+
+
+def _part_text(part: dict[str, Any]) -> str | None:
+    """Text as it is; an agent's tool calls and the tools' answers as one line each, so
+    that the optimizer model sees what the agent did."""
+    kind = part.get("type")
+    if kind == "tool_call":
+        return f"calls {part.get('name')}({_as_json(part.get('arguments'))})"
+    if kind == "tool_call_response":
+        return f"tool answered {_as_json(part.get('response'))}"
+    content = part.get("content")
+    return content if isinstance(content, str) else None
+
+
+def _as_json(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _brief(text: str, limit: int = 600) -> str:

@@ -42,6 +42,10 @@ class CallRecord:
         return _messages(self.tools_json) or ()
 
     @property
+    def output_messages(self) -> tuple[Any, ...] | None:
+        return _messages(self.output_json)
+
+    @property
     def output_text(self) -> str | None:
         return _output_text(self.output_json)
 

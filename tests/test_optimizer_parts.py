@@ -10,13 +10,14 @@ import pytest
 
 from flywheel.registry import Version
 from flywheel.registry.version import content_from_mapping
-from optimizer.candidates import Candidate, Rejected, parse_candidate
+from optimizer.candidates import Candidate, Rejected, meta_prompt, parse_candidate
 from optimizer.gate import Gate, binomial_tail, failure_cases
 from optimizer.golden import Expectation, GoldenError, load_golden
 from optimizer.llm import LLM, BudgetExhausted, Model
 from optimizer.mining import Failure, FailureKind
 from optimizer.records import CallRecord
 from proxy.content import CaptureContent, ContentRecorder
+from proxy.observation import Outcome
 from tests.fake_upstream import FakeUpstream, Reply
 
 CHAT = "/v1/chat/completions"
@@ -165,3 +166,30 @@ def test_golden_cases_may_offer_tools(tmp_path: Path) -> None:
     path.write_bytes(orjson.dumps(line) + b"\n")
     [case] = load_golden(path)
     assert case.tools == (WEATHER,)
+
+
+def test_the_optimizer_model_sees_what_an_agent_did() -> None:
+    """A failed agent turn reaches the optimizer model with its tool calls and the tools'
+    answers, in the input and in the answer (which may be a call and no text)."""
+    recorder = ContentRecorder(CaptureContent.FULL)
+    call = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+    body = {
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "3 degrees"},
+        ]
+    }
+    recorded, _ = recorder.input_messages("chat/completions", body, None)
+    outcome = Outcome("chat/completions", keep_text=True)
+    message = {"role": "assistant", "content": None, "tool_calls": [{**call, "id": "call_1"}]}
+    outcome.read_json({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
+    answered = recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, None)
+    record = CallRecord("r1", "p", "v1", "stable", "m", None, None, recorded, answered)
+    _, asked = meta_prompt("Be brief.", [Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], [])
+    said = asked["content"]
+    assert (
+        'Input: [user] Weather in Oslo? [assistant] calls weather({"city":"Oslo"}) [tool] tool answered 3 degrees'
+        in said
+    )
+    assert 'Answer: [assistant] calls weather({"city":"Oslo"})' in said
