@@ -38,6 +38,8 @@ class Outcome:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_input_tokens: int | None = None  # of the input tokens, read from the provider's prompt cache
+    cache_creation_input_tokens: int | None = None  # of the input tokens, written to it (Anthropic's)
+    reasoning_output_tokens: int | None = None  # of the output tokens, spent reasoning
     service_tier: str | None = None
     system_fingerprint: str | None = None
     embedding_size: int | None = None  # dimensions of the (first) embedding returned
@@ -158,8 +160,15 @@ class Outcome:
         if isinstance(outputs, int):
             self.output_tokens = outputs
         details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
-        if isinstance(details, dict) and isinstance(cached := details.get("cached_tokens"), int):
-            self.cached_input_tokens = cached
+        if isinstance(details, dict):
+            if isinstance(cached := details.get("cached_tokens"), int):
+                self.cached_input_tokens = cached
+            # litellm's OpenAI shape of Anthropic's usage: writes beside reads
+            if isinstance(written := details.get("cache_creation_tokens"), int):
+                self.cache_creation_input_tokens = written
+        details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
+        if isinstance(details, dict) and isinstance(reasoning := details.get("reasoning_tokens"), int):
+            self.reasoning_output_tokens = reasoning
 
     def _response(self, body: dict[str, Any]) -> None:
         status = body.get("status")

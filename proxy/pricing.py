@@ -21,6 +21,7 @@ class Price:
     input_per_token: float
     output_per_token: float
     cache_read_per_token: float | None = None  # input tokens served from the prompt cache (None: as input)
+    cache_creation_per_token: float | None = None  # input tokens written to it (None: as input)
 
 
 class PriceTable:
@@ -49,9 +50,13 @@ class PriceTable:
                 continue
             given_in, given_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
             if isinstance(given_in, int | float) or isinstance(given_out, int | float):
-                cached = entry.get("cache_read_input_token_cost")
-                cache_read = float(cached) if isinstance(cached, int | float) else None
-                prices[model] = Price(float(given_in or 0), float(given_out or 0), cache_read)
+                read, written = entry.get("cache_read_input_token_cost"), entry.get("cache_creation_input_token_cost")
+                prices[model] = Price(
+                    float(given_in or 0),
+                    float(given_out or 0),
+                    float(read) if isinstance(read, int | float) else None,
+                    float(written) if isinstance(written, int | float) else None,
+                )
         return cls(prices)
 
     def cost(
@@ -60,10 +65,12 @@ class PriceTable:
         input_tokens: int | None,
         output_tokens: int | None,
         cached_input_tokens: int | None = None,
+        cache_creation_input_tokens: int | None = None,
     ) -> float | None:
         """The first of ``models`` the table knows (the response's model, then the request's),
-        tried as given and without a ``provider/`` prefix. Cached input tokens (part of the
-        input tokens, as OpenAI counts them) at the table's cache-read price, where it has one."""
+        tried as given and without a ``provider/`` prefix. Input tokens read from the prompt
+        cache and written to it (part of the input tokens, as OpenAI and litellm count them)
+        at the table's cache-read and cache-write prices, where it has them."""
         if input_tokens is None and output_tokens is None:
             return None
         for model in models:
@@ -72,9 +79,15 @@ class PriceTable:
             price = self._prices.get(model) or self._prices.get(model.partition("/")[2])
             if price is not None:
                 cost = (input_tokens or 0) * price.input_per_token + (output_tokens or 0) * price.output_per_token
-                if cached_input_tokens and price.cache_read_per_token is not None:
-                    cached = min(cached_input_tokens, input_tokens or 0)
-                    cost -= cached * (price.input_per_token - price.cache_read_per_token)
+                rest = input_tokens or 0
+                for tokens, per_token in (
+                    (cached_input_tokens, price.cache_read_per_token),
+                    (cache_creation_input_tokens, price.cache_creation_per_token),
+                ):
+                    if tokens and per_token is not None:
+                        counted = min(tokens, rest)
+                        rest -= counted
+                        cost += counted * (per_token - price.input_per_token)
                 return cost
         return None
 

@@ -97,6 +97,10 @@ def add_response_attributes(attributes: dict[str, Any], outcome: Outcome) -> Non
         attributes[sc.USAGE_OUTPUT_TOKENS] = outcome.output_tokens
     if outcome.cached_input_tokens is not None:
         attributes[sc.USAGE_CACHE_READ_INPUT_TOKENS] = outcome.cached_input_tokens
+    if outcome.cache_creation_input_tokens is not None:
+        attributes[sc.USAGE_CACHE_CREATION_INPUT_TOKENS] = outcome.cache_creation_input_tokens
+    if outcome.reasoning_output_tokens is not None:
+        attributes[sc.USAGE_REASONING_OUTPUT_TOKENS] = outcome.reasoning_output_tokens
     if outcome.embedding_size is not None:
         attributes[sc.EMBEDDINGS_DIMENSION_COUNT] = outcome.embedding_size
     if attributes.get(sc.PROVIDER_NAME) in _OPENAI_PROVIDERS:

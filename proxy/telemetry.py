@@ -242,6 +242,7 @@ class CallTrace:
             outcome.input_tokens,
             outcome.output_tokens,
             outcome.cached_input_tokens,
+            outcome.cache_creation_input_tokens,
         )
         valid = self._schema_check(outcome, error)
         self._metrics(status, error, ended, cost, valid, outcome)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
+import orjson
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -128,6 +129,40 @@ async def test_anthropic_through_litellm(upstream: FakeUpstream) -> None:
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (9, 4)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == "echo: hello claude"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+
+@pytest.mark.litellm
+async def test_anthropic_prompt_cache_reads_and_writes_are_counted_and_priced(upstream: FakeUpstream) -> None:
+    """Anthropic bills cache writes at 1.25x input and reads at 0.1x; litellm counts both in
+    the input tokens, as OpenAI counts its cached tokens. The span carries both, and the
+    cost prices each at litellm's table's price for it."""
+    usage = {
+        "input_tokens": 5,
+        "cache_creation_input_tokens": 1000,
+        "cache_read_input_tokens": 2000,
+        "output_tokens": 4,
+    }
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    upstream.script("/v1/messages", Reply(body=[orjson.dumps(message)]))
+    spans = SpanCollector()
+    async with model_list_proxy(upstream, spans) as proxy, _client(proxy) as client:
+        await client.chat.completions.create(model="claude", messages=MESSAGES, max_tokens=50)
+        span = await spans.one("chat")
+    a = span.attributes
+    assert a["gen_ai.usage.input_tokens"] == 3005 and a["gen_ai.usage.output_tokens"] == 4
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 2000
+    assert a["gen_ai.usage.cache_creation.input_tokens"] == 1000
+    # claude-sonnet-4-5 in litellm's table: input 3e-6, cache write 3.75e-6, cache read 3e-7, output 1.5e-5
+    assert a["flywheel.cost.usd"] == pytest.approx(5 * 3e-6 + 1000 * 3.75e-6 + 2000 * 3e-7 + 4 * 1.5e-5)
 
 
 @pytest.mark.litellm

@@ -120,7 +120,12 @@ async def test_request_options_and_response_details_follow_the_conventions(upstr
         "service_tier": "flex",
         "system_fingerprint": "fp_1",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1536}},
+        "usage": {
+            "prompt_tokens": 2000,
+            "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 1536},
+            "completion_tokens_details": {"reasoning_tokens": 6},
+        },
     }
     upstream.script(CHAT, Reply(body=[orjson.dumps(answer)]))
     async with traced_proxy(upstream) as traced, client(traced.url) as c:
@@ -148,6 +153,7 @@ async def test_request_options_and_response_details_follow_the_conventions(upstr
     # Cached input tokens are part of the input tokens, and cost the table's cache-read price.
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.cache_read.input_tokens"]) == (2000, 1536)
     assert a["flywheel.cost.usd"] == pytest.approx(464 * 1.5e-7 + 1536 * 7.5e-8 + 10 * 6e-7)
+    assert a["gen_ai.usage.reasoning.output_tokens"] == 6 and "gen_ai.usage.cache_creation.input_tokens" not in a
     r = responses.attributes
     assert r["gen_ai.conversation.id"] == "conv_123" and r["gen_ai.output.type"] == "text"
     e = embeddings.attributes
