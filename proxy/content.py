@@ -1,9 +1,10 @@
 """Message content on spans (``--capture-content``), in the GenAI conventions' shape.
 
 Off by default. ``full`` records content as sent, except credentials; ``redacted``
-also masks emails and card numbers. In every mode API keys, bearer tokens, JWTs, the
-request's own credential and the sidecar's configured keys are masked wherever they
-appear: credentials never reach a span.
+also masks emails and card numbers. In every mode API keys, bearer tokens, JWTs, private
+key blocks, passwords in URLs, values given to secret-named fields (``password=…``,
+``"api_key": …``), the request's own credential and the sidecar's configured keys are
+masked wherever they appear: credentials never reach a span.
 """
 
 from __future__ import annotations
@@ -53,8 +54,29 @@ _EMAIL = re.compile(r"(?:" + _AFTER_ESCAPE + r"|(?<=\\\\)|(?<!\\)\b)[A-Za-z0-9._
 _CARD = re.compile(r"(?:" + _AFTER_ESCAPE + r"|\b)(?:\d[ \-]?){12,18}\d\b")
 
 
+# Credentials without a token's look: a private key block (its base64 to the end when
+# cut short), a URL's password, and what follows a name that says it is secret (`password=`,
+# `"api_key": "…"`, `DB_PASSWORD: …`; quotes escaped or not, as in JSON text). Bare
+# `secret` and `pwd` are left out: prose and shell output use them for other things.
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIVATE KEY-----|[A-Za-z0-9+/=\s\\]*)", re.DOTALL
+)
+_URL_PASSWORD = re.compile(r"(?<=://)(?P<user>[^/\s:@\\\"']*):[^/\s@\\\"']+@")
+_SECRET_VALUE = re.compile(
+    r"""(?P<name>
+        (?i:password|passwd|passphrase|client[_-]?secret|secret[_-]?key|private[_-]?key
+           |api[_-]?key|access[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token))
+        (?P<sep>\\?["']?[ \t]*[:=][ \t]*\\?["']?)
+        [^\s"'\\,;&}]{3,}""",
+    re.VERBOSE,
+)
+
+
 def mask_credentials(text: str) -> str:
-    return _CREDENTIALS.sub(MASK, text)
+    text = _PRIVATE_KEY.sub(MASK, _CREDENTIALS.sub(MASK, text))
+    if "://" in text:
+        text = _URL_PASSWORD.sub(r"\g<user>:" + MASK + "@", text)
+    return _SECRET_VALUE.sub(r"\g<name>\g<sep>" + MASK, text)
 
 
 def redact(text: str) -> str:

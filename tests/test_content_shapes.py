@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from proxy.observation import Outcome
 
 KEY = "sk-proj-abcdefghijklmnopqrstuvwx1234"  # the request's own
 OTHER = "sk-ant-zyxwvutsrqponmlkjihgfedcba9876"  # seen by its look only
+PASSWORD = "Tr0ub4dor3"  # seen by what it is given to
 scalars = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
 )
@@ -26,6 +28,9 @@ texts = (
     | st.just(f'{{"token": "{KEY}"}}')
     | st.just(f" {OTHER} ")
     | st.just(f"log:\n{OTHER}")  # in JSON text (a tool's arguments or answer) that is log:\\n<key>
+    | st.just(f"DB_PASSWORD={PASSWORD}")
+    | st.just(f"postgres://app:{PASSWORD}@db/x")
+    | st.just(f'{{"api_key": "{PASSWORD}"}}')
 )
 values = st.recursive(
     scalars | texts,
@@ -81,7 +86,7 @@ tools = st.lists(definitions | values, max_size=3) | values
 
 
 def _masked(written: str) -> None:
-    assert KEY not in written and OTHER not in written
+    assert KEY not in written and OTHER not in written and PASSWORD not in written
     orjson.loads(written)  # JSON, whatever came in
 
 
@@ -159,3 +164,28 @@ def test_what_follows_an_escaped_newline_in_tool_json_is_masked() -> None:
         "path": "C:\\[REDACTED]",
         "card": "paid with\n[REDACTED]",
     }
+
+
+@pytest.mark.parametrize("mode", [CaptureContent.REDACTED, CaptureContent.FULL])
+def test_credentials_without_a_tokens_look_are_masked_in_every_mode(mode: CaptureContent) -> None:
+    """What a tool reads from a config file or a log: a private key, a URL with its
+    password, secret-named settings. The names and the rest of the text stay."""
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    config = {
+        "DATABASE_URL": "postgres://app:Tr0ub4dor3@db:5432/shop",
+        "settings": "DB_PASSWORD=Tr0ub4dor3\nclient_secret: Tr0ub4dor3\nport: 5432",
+        "api_key": "Tr0ub4dor3",
+        "key": pem + "\nafter",
+        "cut": "-----BEGIN PRIVATE KEY-----\nMIIEv",
+    }
+    body = {"messages": [{"role": "tool", "tool_call_id": "c", "content": orjson.dumps(config).decode()}]}
+    inputs, _ = ContentRecorder(mode).input_messages("chat/completions", body, None)
+    assert orjson.loads(inputs)[0]["parts"][0]["response"] == {
+        "DATABASE_URL": "postgres://app:[REDACTED]@db:5432/shop",
+        "settings": "DB_PASSWORD=[REDACTED]\nclient_secret: [REDACTED]\nport: 5432",
+        "api_key": "[REDACTED]",
+        "key": "[REDACTED]\nafter",
+        "cut": "[REDACTED]",
+    }
+    text = ContentRecorder(mode).clean("Log in with password: Tr0ub4dor3, or https://me:Tr0ub4dor3@host/")
+    assert text == "Log in with password: [REDACTED], or https://me:[REDACTED]@host/"
