@@ -79,17 +79,23 @@ class PriceTable:
             price = self._prices.get(model) or self._prices.get(model.partition("/")[2])
             if price is not None:
                 cost = (input_tokens or 0) * price.input_per_token + (output_tokens or 0) * price.output_per_token
-                rest = input_tokens or 0
-                for tokens, per_token in (
-                    (cached_input_tokens, price.cache_read_per_token),
-                    (cache_creation_input_tokens, price.cache_creation_per_token),
-                ):
-                    if tokens and per_token is not None:
-                        counted = min(tokens, rest)
-                        rest -= counted
-                        cost += counted * (per_token - price.input_per_token)
+                if cached_input_tokens or cache_creation_input_tokens:
+                    cost += _cache_adjustment(
+                        price, input_tokens or 0, cached_input_tokens, cache_creation_input_tokens
+                    )
                 return cost
         return None
 
     def __len__(self) -> int:
         return len(self._prices)
+
+
+def _cache_adjustment(price: Price, input_tokens: int, read: int | None, written: int | None) -> float:
+    """What cache reads and writes cost beyond (or short of) the plain input price."""
+    adjustment, rest = 0.0, input_tokens
+    for tokens, per_token in ((read, price.cache_read_per_token), (written, price.cache_creation_per_token)):
+        if tokens and per_token is not None:
+            counted = min(tokens, rest)
+            rest -= counted
+            adjustment += counted * (per_token - price.input_per_token)
+    return adjustment
