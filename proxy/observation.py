@@ -112,7 +112,7 @@ class Outcome:
                 delta = choice.get("delta")
                 self._text(index, delta.get("content") if isinstance(delta, dict) else choice.get("text"))
                 if isinstance(delta, dict):
-                    self._message_tool_calls(index, delta)
+                    self._message_tool_calls(index, delta, streamed=True)
             if (reason := choice.get("finish_reason")) is not None:
                 self._finish(index, reason)
         usage = event.get("usage")
@@ -190,7 +190,7 @@ class Outcome:
             self.texts.setdefault(index if isinstance(index, int) else 0, []).append(text)
             self.text_size += len(text)
 
-    def _message_tool_calls(self, index: Any, message: dict[str, Any]) -> None:
+    def _message_tool_calls(self, index: Any, message: dict[str, Any], streamed: bool = False) -> None:
         """A message's (or a stream delta's) ``tool_calls``, and the older ``function_call``."""
         calls = message.get("tool_calls")
         for position, call in enumerate(calls if isinstance(calls, list) else ()):
@@ -200,10 +200,23 @@ class Outcome:
                     (function.get("name"), function.get("arguments")) if isinstance(function, dict) else (None, None)
                 )
                 # A stream's pieces of one call share its "index"; a whole message lists them in order.
-                self._tool_call(index, call.get("index", position), call.get("id"), name, arguments)
+                given = call.get("index")
+                if not isinstance(given, int):
+                    given = self._unindexed(index, call.get("id")) if streamed else position
+                self._tool_call(index, given, call.get("id"), name, arguments)
         function = message.get("function_call")
         if isinstance(function, dict):
             self._tool_call(index, 0, None, function.get("name"), function.get("arguments"))
+
+    def _unindexed(self, index: Any, call_id: Any) -> int:
+        """Where a streamed piece without an ``index`` goes (Gemini sends none): a new id
+        opens the next call, a piece without one continues the last."""
+        calls = self.tool_calls.get(index if isinstance(index, int) else 0)
+        if not calls:
+            return 0
+        last = max(calls)
+        known = calls[last].id
+        return last + 1 if isinstance(call_id, str) and call_id and known and known != call_id else last
 
     def _tool_call(self, index: Any, position: Any, call_id: Any, name: Any, arguments: Any) -> None:
         if self.text_size >= _MAX_TEXT:

@@ -411,6 +411,28 @@ def test_responses_api_tool_items_are_captured_as_parts() -> None:
     ]
 
 
+def test_streamed_tool_calls_without_an_index_stay_apart() -> None:
+    """Gemini's OpenAI-compatible streams leave out each call's ``index``: parallel calls
+    come one a chunk with their own ids, a call's arguments may follow in pieces without
+    one. Taken as index 0 they were one call with the last name and arguments run together."""
+    outcome = Outcome("chat/completions", keep_text=True)
+    deltas = [
+        {"tool_calls": [{"id": "a", "type": "function", "function": {"name": "weather", "arguments": '{"city":'}}]},
+        {"tool_calls": [{"function": {"arguments": '"Oslo"}'}}]},
+        {"tool_calls": [{"id": "b", "type": "function", "function": {"name": "time", "arguments": '{"tz":"CET"}'}}]},
+    ]
+    for delta in deltas:
+        outcome.read_event({"id": "c", "model": "gemini", "choices": [{"index": 0, "delta": delta}]})
+    outcome.read_event({"id": "c", "model": "gemini", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    written = ContentRecorder(CaptureContent.FULL).output_messages(
+        outcome.texts, outcome.tool_calls, outcome.finish_reasons, None
+    )
+    assert orjson.loads(written)[0]["parts"] == [
+        {"type": "tool_call", "id": "a", "name": "weather", "arguments": {"city": "Oslo"}},
+        {"type": "tool_call", "id": "b", "name": "time", "arguments": {"tz": "CET"}},
+    ]
+
+
 def test_tool_definitions_of_every_api_shape_are_the_conventions_flat_ones() -> None:
     """Chat nests under ``function``, the Responses API is flat with built-in tools beside,
     chat's older ``functions`` has no wrapper: one shape on the span. No tools, no attribute."""
