@@ -31,21 +31,24 @@ class CaptureContent(enum.StrEnum):
 # Tool arguments and answers are masked as JSON text, where a newline before a key is the
 # two characters \n: a word starts there too, as it does in plain text.
 _AFTER_ESCAPE = r"(?<=\\[nrtbf])"
+_WORD_START = r"(?:(?<![A-Za-z0-9_])|" + _AFTER_ESCAPE + r")"
+# Keys with a prefix no word has are masked wherever they sit (glued to text before them,
+# "token:sk-ant-…", "0ghp_…"); the short generic prefixes (sk-, pk-, rk-, bearer) only
+# where a word starts, so that "task-…" and "desk-…" stay.
 _CREDENTIALS = re.compile(
-    r"(?:(?<![A-Za-z0-9_])|"
-    + _AFTER_ESCAPE
-    + r")"
-    + r"""
-    (?:
-      (?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}                 # OpenAI / Stripe-style keys
-    | sk-ant-[A-Za-z0-9_\-]{16,}                       # Anthropic
-    | AKIA[0-9A-Z]{16}\b                               # AWS access key id
-    | AIza[0-9A-Za-z_\-]{35}\b                         # Google API key
-    | gh[pousr]_[A-Za-z0-9]{36,}\b                     # GitHub tokens
+    r"""
+      sk-(?:ant|proj|svcacct|admin)-[A-Za-z0-9_\-]{16,}  # Anthropic, OpenAI project / service keys
+    | AKIA[0-9A-Z]{16}(?![0-9A-Z])                     # AWS access key id
+    | AIza[0-9A-Za-z_\-]{35}                           # Google API key
+    | gh[pousr]_[A-Za-z0-9]{36,}                       # GitHub tokens
     | xox[abposr]-[A-Za-z0-9\-]{10,}                   # Slack tokens
     | eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
-    | (?i:bearer\s+)[A-Za-z0-9._~+/\-]{8,}=*           # bearer tokens
-    )
+    | """
+    + _WORD_START
+    + r"""(?:
+        (?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}               # OpenAI / Stripe-style keys
+      | (?i:bearer\s+)[A-Za-z0-9._~+/\-]{8,}=*         # bearer tokens
+      )
     """,
     re.VERBOSE,
 )
@@ -73,10 +76,12 @@ _SECRET_VALUE = re.compile(
 
 
 def mask_credentials(text: str) -> str:
-    text = _PRIVATE_KEY.sub(MASK, _CREDENTIALS.sub(MASK, text))
+    # Named values before keys: a key's pattern runs on through word characters and would
+    # take the name of a secret glued after it ("…9876DB_PASSWORD=…") with it.
+    text = _SECRET_VALUE.sub(r"\g<name>\g<sep>" + MASK, _PRIVATE_KEY.sub(MASK, text))
     if "://" in text:
         text = _URL_PASSWORD.sub(r"\g<user>:" + MASK + "@", text)
-    return _SECRET_VALUE.sub(r"\g<name>\g<sep>" + MASK, text)
+    return _CREDENTIALS.sub(MASK, text)
 
 
 def redact(text: str) -> str:

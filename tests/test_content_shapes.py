@@ -1,8 +1,9 @@
 """Content capture on whatever JSON an app or a provider sends: the recorder never fails
 (a failure would lose the call's span and metrics), always writes the conventions' JSON,
 and masks credentials wherever in the shape they sit: the request's own key as it is,
-another key by its look (when it starts a word, in the text or in the JSON text a tool's
-arguments and answers are masked as)."""
+another key by its look (anywhere for a prefix no word has, such as sk-ant-; where a word
+starts, in the text or in the JSON text tool arguments and answers are masked as, for the
+short generic ones), a password by what it is given to."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ texts = (
     | st.just(f'{{"token": "{KEY}"}}')
     | st.just(f" {OTHER} ")
     | st.just(f"log:\n{OTHER}")  # in JSON text (a tool's arguments or answer) that is log:\\n<key>
+    | st.just(f"id0{OTHER}")  # glued to a word: its prefix is no word's
     | st.just(f"DB_PASSWORD={PASSWORD}")
     | st.just(f"postgres://app:{PASSWORD}@db/x")
     | st.just(f'{{"api_key": "{PASSWORD}"}}')
