@@ -91,23 +91,24 @@ def add_response_attributes(attributes: dict[str, Any], outcome: Outcome) -> Non
         attributes[sc.RESPONSE_FINISH_REASONS] = tuple(reasons.values())
     elif reasons:
         attributes[sc.RESPONSE_FINISH_REASONS] = tuple(reasons[i] for i in sorted(reasons))
-    if outcome.input_tokens is not None:
-        attributes[sc.USAGE_INPUT_TOKENS] = outcome.input_tokens
-    if outcome.output_tokens is not None:
-        attributes[sc.USAGE_OUTPUT_TOKENS] = outcome.output_tokens
-    if outcome.cached_input_tokens is not None:
-        attributes[sc.USAGE_CACHE_READ_INPUT_TOKENS] = outcome.cached_input_tokens
-    if outcome.cache_creation_input_tokens is not None:
-        attributes[sc.USAGE_CACHE_CREATION_INPUT_TOKENS] = outcome.cache_creation_input_tokens
-    if outcome.reasoning_output_tokens is not None:
-        attributes[sc.USAGE_REASONING_OUTPUT_TOKENS] = outcome.reasoning_output_tokens
-    if outcome.embedding_size is not None:
-        attributes[sc.EMBEDDINGS_DIMENSION_COUNT] = outcome.embedding_size
+    for key, field in _COUNTS:
+        if (count := getattr(outcome, field)) is not None:
+            attributes[key] = count
     if attributes.get(sc.PROVIDER_NAME) in _OPENAI_PROVIDERS:
         if outcome.service_tier is not None:
             attributes[sc.OPENAI_RESPONSE_SERVICE_TIER] = outcome.service_tier
         if outcome.system_fingerprint is not None:
             attributes[sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT] = outcome.system_fingerprint
+
+
+_COUNTS = (
+    (sc.USAGE_INPUT_TOKENS, "input_tokens"),
+    (sc.USAGE_OUTPUT_TOKENS, "output_tokens"),
+    (sc.USAGE_CACHE_READ_INPUT_TOKENS, "cached_input_tokens"),
+    (sc.USAGE_CACHE_CREATION_INPUT_TOKENS, "cache_creation_input_tokens"),
+    (sc.USAGE_REASONING_OUTPUT_TOKENS, "reasoning_output_tokens"),
+    (sc.EMBEDDINGS_DIMENSION_COUNT, "embedding_size"),
+)
 
 
 def upstream_attributes(upstream: Upstream) -> dict[str, Any]:
