@@ -119,6 +119,8 @@ def _part_text(part: dict[str, Any]) -> str | None:
         return f"calls {part.get('name')}({_as_json(part.get('arguments'))})"
     if kind == "tool_call_response":
         return f"tool answered {_as_json(part.get('response'))}"
+    if kind == "reasoning":
+        return f"thought {part.get('content')}"
     content = part.get("content")
     return content if isinstance(content, str) else None
 

@@ -130,7 +130,9 @@ def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, A
             for i, p in enumerate(parts)
             if p.get("type") == "tool_call"
         ]
-        chat: dict[str, Any] = {"role": message.get("role", "user"), "content": text or (None if calls else "")}
+        if not text and not calls:
+            continue  # reasoning, images, a model's built-in tool items: nothing chat can replay
+        chat: dict[str, Any] = {"role": message.get("role", "user"), "content": text or None}
         if calls:
             chat["tool_calls"] = calls
         out.append(chat)

@@ -200,6 +200,13 @@ class ContentRecorder:
             return {"role": "assistant", "parts": [call]}
         if kind == "function_call_output":
             return {"role": "tool", "parts": [self._tool_response(item.get("call_id"), item.get("output"), credential)]}
+        if kind == "reasoning":  # a reasoning model's earlier thinking: its summary (never the encrypted blob)
+            summary = [p.get("text") for p in _list(item.get("summary")) if isinstance(p, dict)]
+            text = "".join(t for t in summary if isinstance(t, str))
+            return {"role": "assistant", "parts": [{"type": "reasoning", "content": self.clean(text, credential)}]}
+        if isinstance(kind, str) and kind != "message" and "role" not in item:
+            # The model's other items (web_search_call, computer_call…) and references: the kind only
+            return {"role": "assistant", "parts": [{"type": self._word(kind, credential)}]}
         role = self._word(item.get("role", "user"), credential)
         if role in ("tool", "function"):
             return {
@@ -272,3 +279,7 @@ class ContentRecorder:
 
 def _text_part(text: str) -> dict[str, Any]:
     return {"type": "text", "content": text}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -193,3 +193,28 @@ def test_the_optimizer_model_sees_what_an_agent_did() -> None:
         in said
     )
     assert 'Answer: [assistant] calls weather({"city":"Oslo"})' in said
+
+
+def test_a_replay_leaves_out_what_chat_cannot_carry() -> None:
+    """A Responses API conversation with a reasoning item and a built-in tool's item replays
+    as its user turns and tool calls; those items (and an image-only turn) have no chat form."""
+    body = {
+        "input": [
+            {"role": "user", "content": [{"type": "input_image", "image_url": "https://x/cat.png"}]},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Look it up."}]},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"type": "function_call", "call_id": "fc_1", "name": "weather", "arguments": '{"city":"Oslo"}'},
+            {"type": "function_call_output", "call_id": "fc_1", "output": "3 degrees"},
+        ]
+    }
+    recorded, _ = ContentRecorder(CaptureContent.FULL).input_messages("responses", body, None)
+    record = CallRecord("r1", "p", "v1", "stable", "m", None, None, recorded, None)
+    version = Version("p", "v1", content_from_mapping({"template": "Be brief."}), None, "t", "2026-12-02T00:00:00Z")
+    [case] = failure_cases([Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], version)
+    call = {"id": "fc_1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+    assert list(case.messages) == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "fc_1", "content": "3 degrees"},
+    ]

@@ -387,10 +387,22 @@ def test_responses_api_tool_items_are_captured_as_parts() -> None:
             {"role": "user", "content": [{"type": "input_text", "text": "Oslo?"}]},
             {"type": "function_call", "call_id": "fc_1", "name": "weather", "arguments": '{"city":"Oslo"}'},
             {"type": "function_call_output", "call_id": "fc_1", "output": "3 degrees"},
+            {
+                "type": "reasoning",
+                "id": "rs_1",
+                "summary": [{"type": "summary_text", "text": "Cold; say so."}],
+                "encrypted_content": "gAAAAB-opaque",
+            },
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
         ]
     }
     inputs, _ = recorder.input_messages("responses", body, None)
-    assert orjson.loads(inputs)[1:] == [
+    assert "gAAAAB" not in inputs
+    assert orjson.loads(inputs)[3:] == [
+        {"role": "assistant", "parts": [{"type": "reasoning", "content": "Cold; say so."}]},
+        {"role": "assistant", "parts": [{"type": "web_search_call"}]},
+    ]
+    assert orjson.loads(inputs)[1:3] == [
         {
             "role": "assistant",
             "parts": [{"type": "tool_call", "id": "fc_1", "name": "weather", "arguments": {"city": "Oslo"}}],
