@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 if TYPE_CHECKING:
-    from proxy.observation import ToolCall
+    from proxy.observation import Outcome
 
 MASK = "[REDACTED]"
 
@@ -177,16 +177,21 @@ class ContentRecorder:
             definition["parameters"] = self._json_or_text(spec["parameters"], credential)
         return definition
 
-    def output_messages(
-        self,
-        texts: dict[int, list[str]],
-        tool_calls: Mapping[int, Mapping[int, ToolCall]],
-        finish_reasons: dict[int, str],
-        credential: str | None,
-    ) -> str:
+    def output_messages(self, outcome: Outcome, credential: str | None) -> str:
+        """``gen_ai.output.messages``: per choice its reasoning, text and tool calls."""
+        texts, reasoning, tool_calls, finish_reasons = (
+            outcome.texts,
+            outcome.reasoning,
+            outcome.tool_calls,
+            outcome.finish_reasons,
+        )
         out = []
-        for index in sorted(set(texts) | set(tool_calls) | set(finish_reasons)):
-            parts = [_text_part(self.clean("".join(texts[index]), credential))] if index in texts else []
+        for index in sorted(set(texts) | set(reasoning) | set(tool_calls) | set(finish_reasons)):
+            parts = []
+            if index in reasoning:
+                parts.append({"type": "reasoning", "content": self.clean("".join(reasoning[index]), credential)})
+            if index in texts:
+                parts.append(_text_part(self.clean("".join(texts[index]), credential)))
             for _, call in sorted(tool_calls.get(index, {}).items()):
                 parts.append(self._tool_call(call.id, call.name, "".join(call.arguments), credential))
             out.append({"role": "assistant", "parts": parts, "finish_reason": finish_reasons.get(index, "")})

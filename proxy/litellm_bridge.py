@@ -84,7 +84,10 @@ class LiteLLMBridge:
         known = EMBEDDING_ARGUMENTS if call.endpoint == "embeddings" else CHAT_ARGUMENTS
         unknown = sorted(k for k in call.body if k not in known and k not in PROVIDER_ARGUMENTS)
         if unknown:
-            raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
+            named = ", ".join(name[:64] for name in unknown[:5]) + (
+                f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            )
+            raise InvalidRequest(f"Unrecognized request argument supplied: {named}", param=unknown[0][:64])
         litellm = await self._litellm()
         kwargs: dict[str, Any] = {**call.body, **upstream.params, "model": upstream.model_for(call.model)}
         try:

@@ -44,6 +44,7 @@ class Outcome:
     system_fingerprint: str | None = None
     embedding_size: int | None = None  # dimensions of the (first) embedding returned
     texts: dict[int, list[str]] = field(default_factory=dict)
+    reasoning: dict[int, list[str]] = field(default_factory=dict)  # reasoning_content (DeepSeek, vLLM…)
     tool_calls: dict[int, dict[int, ToolCall]] = field(default_factory=dict)  # by choice, then by position
     text_size: int = 0  # of texts and tool call arguments together
     completed: bool = False  # [DONE] or a terminal event seen
@@ -78,6 +79,7 @@ class Outcome:
             self._text(index, text)
             if self.keep_text and isinstance(message, dict):
                 self._message_tool_calls(index, message)
+                self._reasoning(index, message)
             self._finish(index, choice.get("finish_reason"))
 
     def read_event(self, event: dict[str, Any]) -> bool:
@@ -113,6 +115,7 @@ class Outcome:
                 self._text(index, delta.get("content") if isinstance(delta, dict) else choice.get("text"))
                 if isinstance(delta, dict):
                     self._message_tool_calls(index, delta, streamed=True)
+                    self._reasoning(index, delta)
             if (reason := choice.get("finish_reason")) is not None:
                 self._finish(index, reason)
         usage = event.get("usage")
@@ -188,6 +191,14 @@ class Outcome:
     def _text(self, index: Any, text: Any) -> None:
         if self.keep_text and isinstance(text, str) and text and self.text_size < _MAX_TEXT:
             self.texts.setdefault(index if isinstance(index, int) else 0, []).append(text)
+            self.text_size += len(text)
+
+    def _reasoning(self, index: Any, message: dict[str, Any]) -> None:
+        """A reasoning model's thinking, where OpenAI-compatible servers put it (vLLM and
+        DeepSeek: ``reasoning_content``; OpenRouter and newer vLLM: ``reasoning``)."""
+        text = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(text, str) and text and self.text_size < _MAX_TEXT:
+            self.reasoning.setdefault(index if isinstance(index, int) else 0, []).append(text)
             self.text_size += len(text)
 
     def _message_tool_calls(self, index: Any, message: dict[str, Any], streamed: bool = False) -> None:

@@ -303,10 +303,8 @@ class CallTrace:
         tools = recorder.tool_definitions(self._call.body, self._credential)
         if tools is not None:
             attributes[sc.TOOL_DEFINITIONS] = tools
-        if outcome.texts or outcome.tool_calls or outcome.finish_reasons:
-            attributes[sc.OUTPUT_MESSAGES] = recorder.output_messages(
-                outcome.texts, outcome.tool_calls, outcome.finish_reasons, self._credential
-            )
+        if outcome.texts or outcome.reasoning or outcome.tool_calls or outcome.finish_reasons:
+            attributes[sc.OUTPUT_MESSAGES] = recorder.output_messages(outcome, self._credential)
 
     def _metrics(
         self,

@@ -111,7 +111,12 @@ def test_any_input_shape_is_captured_as_json_with_credentials_masked(
 @settings(max_examples=300, deadline=None)
 @given(
     message=st.fixed_dictionaries({}, optional={"content": texts | values, "tool_calls": calls | values}),
-    deltas=st.lists(st.fixed_dictionaries({}, optional={"content": texts, "tool_calls": calls | values}), max_size=4),
+    deltas=st.lists(
+        st.fixed_dictionaries(
+            {}, optional={"content": texts, "tool_calls": calls | values, "reasoning_content": texts | values}
+        ),
+        max_size=4,
+    ),
     output=st.lists(
         st.fixed_dictionaries(
             {"type": st.just("function_call")}, optional={"call_id": texts | values, "arguments": texts | values}
@@ -132,7 +137,7 @@ def test_any_output_shape_is_captured_as_json_with_credentials_masked(
     responded = Outcome("responses", keep_text=True)
     responded.read_json({"id": "r", "status": "completed", "output": output})
     for outcome in (answered, streamed, responded):
-        _masked(recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, KEY))
+        _masked(recorder.output_messages(outcome, KEY))
 
 
 @settings(max_examples=300, deadline=None)

@@ -214,6 +214,18 @@ async def test_litellm_arguments_in_the_body_are_refused_as_openai_refuses_them(
 
 
 @pytest.mark.litellm
+async def test_many_or_long_unknown_arguments_make_a_short_error(upstream: FakeUpstream) -> None:
+    async with _litellm_proxy(upstream) as proxy:
+        body = {"model": "claude", "messages": orjson.loads(MESSAGES)} | {
+            f"x{i:04d}" + "y" * 500: 1 for i in range(2000)
+        }
+        status, answer = await _post(proxy.url, orjson.dumps(body))
+    error = orjson.loads(answer)["error"]
+    assert status == 400 and len(error["message"]) < 500 and error["message"].endswith("and 1995 more")
+    assert error["param"] == "x0000" + "y" * 59 and upstream.seen == []
+
+
+@pytest.mark.litellm
 async def test_tools_go_to_the_provider_through_litellm(upstream: FakeUpstream) -> None:
     """litellm 1.106 sends a call with tools to its MCP gateway first, which needs the `mcp`
     package (not shipped: every tool call failed) and connects to servers a tool names; the

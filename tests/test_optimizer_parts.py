@@ -184,7 +184,7 @@ def test_the_optimizer_model_sees_what_an_agent_did() -> None:
     outcome = Outcome("chat/completions", keep_text=True)
     message = {"role": "assistant", "content": None, "tool_calls": [{**call, "id": "call_1"}]}
     outcome.read_json({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
-    answered = recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, None)
+    answered = recorder.output_messages(outcome, None)
     record = CallRecord("r1", "p", "v1", "stable", "m", None, None, recorded, answered)
     _, asked = meta_prompt("Be brief.", [Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], [])
     said = asked["content"]

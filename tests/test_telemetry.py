@@ -417,10 +417,40 @@ def test_responses_api_tool_items_are_captured_as_parts() -> None:
             "output": [{"type": "function_call", "call_id": "fc_2", "name": "weather", "arguments": '{"city":"Rome"}'}],
         }
     )
-    outputs = recorder.output_messages(outcome.texts, outcome.tool_calls, outcome.finish_reasons, None)
+    outputs = recorder.output_messages(outcome, None)
     assert orjson.loads(outputs)[0]["parts"] == [
         {"type": "tool_call", "id": "fc_2", "name": "weather", "arguments": {"city": "Rome"}}
     ]
+
+
+async def test_a_reasoning_models_thinking_is_a_reasoning_part(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """vLLM and DeepSeek stream the model's thinking as ``reasoning_content`` (OpenRouter as
+    ``reasoning``) before the answer: a ``reasoning`` part, masked like text; the schema
+    is checked on the answer alone."""
+    registry = open_registry(tmp_path / "r")
+    registry.push("p", content_from_mapping({"template": "Answer.", "response_schema": {"type": "object"}}))
+    base = {"id": "c", "model": "deepseek-r1"}
+    events = sse(
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "The user wants "}}]},
+        {**base, "choices": [{"index": 0, "delta": {"reasoning_content": f"JSON; key {API_KEY}."}}]},
+        {**base, "choices": [{"index": 0, "delta": {"reasoning": None, "content": '{"ok": true}'}}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )
+    upstream.script(CHAT, Reply(content_type="text/event-stream", body=events))
+    async with (
+        traced_proxy(upstream, registry=registry, capture_content=CaptureContent.FULL) as traced,
+        client(traced.url) as c,
+    ):
+        stream = await c.chat.completions.create(
+            model="deepseek-r1", messages=MESSAGES, stream=True, extra_headers={"X-Prompt-Name": "p"}
+        )
+        _ = [chunk async for chunk in stream]
+        span = await traced.spans.one("chat")
+    assert orjson.loads(span.attributes["gen_ai.output.messages"])[0]["parts"] == [
+        {"type": "reasoning", "content": "The user wants JSON; key [REDACTED]."},
+        {"type": "text", "content": '{"ok": true}'},
+    ]
+    assert span.attributes["flywheel.eval.schema_valid"] is True
 
 
 def test_streamed_tool_calls_without_an_index_stay_apart() -> None:
@@ -436,9 +466,7 @@ def test_streamed_tool_calls_without_an_index_stay_apart() -> None:
     for delta in deltas:
         outcome.read_event({"id": "c", "model": "gemini", "choices": [{"index": 0, "delta": delta}]})
     outcome.read_event({"id": "c", "model": "gemini", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    written = ContentRecorder(CaptureContent.FULL).output_messages(
-        outcome.texts, outcome.tool_calls, outcome.finish_reasons, None
-    )
+    written = ContentRecorder(CaptureContent.FULL).output_messages(outcome, None)
     assert orjson.loads(written)[0]["parts"] == [
         {"type": "tool_call", "id": "a", "name": "weather", "arguments": {"city": "Oslo"}},
         {"type": "tool_call", "id": "b", "name": "time", "arguments": {"tz": "CET"}},
