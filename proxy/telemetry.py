@@ -22,7 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from flywheel.registry import Version
 from proxy import semconv as sc
-from proxy.content import ContentRecorder
+from proxy.content import MASK, ContentRecorder, mask_credentials
 from proxy.feedback import Feedback
 from proxy.metrics import ProxyMetrics
 from proxy.observation import Outcome
@@ -43,6 +43,7 @@ OPERATIONS = {
     "embeddings": "embeddings",
 }
 UPSTREAM_FAULTS = frozenset(("upstream_unreachable", "upstream_timeout", "upstream_cut_off"))
+_MODEL_NAMES_KEPT = 1024  # model names whose check is remembered (labels stop at 200 anyway)
 
 
 class Telemetry:
@@ -64,6 +65,7 @@ class Telemetry:
         self._recent = recent if recent is not None else RecentCalls()
         self._validators: dict[str, Any] = {}
         self._upstreams: dict[int, dict[str, Any]] = {}  # upstreams live as long as the config
+        self._model_names: dict[str, str] = {}
         self._finished: list[CallTrace] = []
 
     def begin(self, call: Call, headers: CIMultiDictProxy[str], started: float) -> CallTrace | None:
@@ -74,13 +76,25 @@ class Telemetry:
         span: OpenSpan | None = None
         if self.call_spans.enabled:
             parent = self._propagator.extract(headers) if "traceparent" in headers else None
-            name = f"{operation} {call.model or ''}".rstrip()
+            name = f"{operation} {self.model_name(call.model)}".rstrip()
             span = self.call_spans.start(parent, name, time.time_ns() - int((time.perf_counter() - started) * 1e9))
             _inject(span.context, call.headers)
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight += 1
         credential = bearer_token(headers) if self.content.enabled else None  # masked in captured content
         return CallTrace(self, call, span, operation, started, credential)
+
+    def model_name(self, model: str | None) -> str:
+        """The request's model as spans and metric labels show it. An app that sends a key
+        as its model (arguments swapped) must not put it on /metrics and into traces."""
+        if not model:
+            return ""
+        found = self._model_names.get(model)
+        if found is None:
+            found = model if mask_credentials(model) == model else MASK
+            if len(self._model_names) < _MODEL_NAMES_KEPT:
+                self._model_names[model] = found
+        return found
 
     def upstream_attributes(self, upstream: Upstream) -> dict[str, Any]:
         """Provider and server attributes, worked out once per configured upstream."""
@@ -183,7 +197,7 @@ class CallTrace:
         self._status: int | None = None
         self._error: str | None = None
         self._ended = started
-        self._name = f"{operation} {call.model or ''}".rstrip()
+        self._name = f"{operation} {telemetry.model_name(call.model)}".rstrip()
         # The span's attributes, all set at the end.
         self._attributes: dict[str, Any] = {
             sc.OPERATION_NAME: operation,
@@ -204,7 +218,7 @@ class CallTrace:
     def routed(self, upstream: Upstream) -> None:
         call = self._call
         if call.model:
-            self._name = f"{self._operation} {call.model}"
+            self._name = f"{self._operation} {self._t.model_name(call.model)}"
         self._attributes.update(self._t.upstream_attributes(upstream))
 
     def failed(self, status: int, error_type: str) -> None:
@@ -244,6 +258,8 @@ class CallTrace:
             outcome.cached_input_tokens,
             outcome.cache_creation_input_tokens,
         )
+        if outcome.response_model:  # a provider that echoes a key sent as the model
+            outcome.response_model = t.model_name(outcome.response_model)
         valid = self._schema_check(outcome, error)
         self._metrics(status, error, ended, cost, valid, outcome)
         if span is not None:
@@ -268,7 +284,7 @@ class CallTrace:
         call, outcome = self._call, self._call.outcome
         assert outcome is not None and call.body is not None  # a CallTrace is opened for JSON bodies only
         attributes = self._attributes.copy()
-        add_request_attributes(attributes, call.model, call.body)
+        add_request_attributes(attributes, self._t.model_name(call.model), call.body)
         add_response_attributes(attributes, outcome)
         if status is not None:
             attributes[sc.HTTP_STATUS_CODE] = status
@@ -316,7 +332,7 @@ class CallTrace:
         outcome: Outcome,
     ) -> None:
         m, applied = self._t.metrics, self._applied
-        model = m.model_label(outcome.response_model or self._call.model)
+        model = m.model_label(outcome.response_model or self._t.model_name(self._call.model))
         labels = (applied.name, applied.version.hash, applied.arm.value) if applied else ("", "", "")
         status_class = "cancelled" if error == "cancelled" else f"{(status or 500) // 100}xx"
         first_chunk = (

@@ -11,13 +11,15 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from proxy.content import CaptureContent
 from proxy.server import running
-from proxy.tracing import Export
+from proxy.tracing import Export, Tracing
 from proxy.upstreams import OpenAIUpstream, Upstreams
 from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream, Reply
+from tests.spans import SpanCollector
 
 SIDECAR_KEY = "sk-sidecar-9876543210fedcbaSECRET"
 
@@ -79,3 +81,25 @@ async def test_no_key_in_spans_logs_or_metrics(
         assert secret not in spans and secret not in logs and secret not in metrics
     if mode is not CaptureContent.NONE:
         assert "my keys are [REDACTED]" in spans  # content was captured, with the keys masked
+
+
+async def test_a_key_sent_as_the_model_is_in_no_span_name_attribute_or_label(upstream: FakeUpstream) -> None:
+    """Arguments swapped: the app sends its key as ``model``. It is forwarded as sent (the
+    provider says what is wrong), and recorded as [REDACTED]: /metrics is unauthenticated."""
+    collector = SpanCollector()
+    tracing = Tracing.around(SimpleSpanProcessor(collector))
+    async with running(config_for(upstream.url), tracing) as proxy:
+        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
+            await c.chat.completions.create(model=API_KEY, messages=[{"role": "user", "content": "hi"}])
+            stream = await c.chat.completions.create(
+                model=API_KEY, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            _ = [chunk async for chunk in stream]
+        spans = await collector.wait_for(2, "chat")
+        async with aiohttp.ClientSession() as session, session.get(proxy.url + "/metrics") as r:
+            metrics = await r.text()
+    assert upstream.seen[-1].json()["model"] == API_KEY
+    for span in spans:
+        assert span.name == "chat [REDACTED]" and span.attributes["gen_ai.request.model"] == "[REDACTED]"
+        assert API_KEY not in str(dict(span.attributes))
+    assert API_KEY not in metrics
