@@ -8,7 +8,7 @@ from typing import Any
 from yarl import URL
 
 from proxy import semconv as sc
-from proxy.content import mask_credentials
+from proxy.masking import mask_credentials
 from proxy.observation import Outcome
 from proxy.upstreams import LiteLLMUpstream, OpenAIUpstream, Upstream
 

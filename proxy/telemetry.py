@@ -22,8 +22,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from flywheel.registry import Version
 from proxy import semconv as sc
-from proxy.content import MASK, ContentRecorder, mask_credentials
+from proxy.content import ContentRecorder
 from proxy.feedback import Feedback
+from proxy.masking import MASK, mask_credentials
 from proxy.metrics import ProxyMetrics
 from proxy.observation import Outcome
 from proxy.pricing import PriceTable
