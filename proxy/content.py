@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +25,21 @@ class CaptureContent(enum.StrEnum):
     NONE = "none"
     REDACTED = "redacted"
     FULL = "full"
+
+
+MAX_CAPTURED = 1024 * 1024  # characters of content per attribute, as the output keeps at most
+TRUNCATED = "[truncated]"
+_MASK_PAST_CUT = 8192  # longer than any key, token or JWT masked whole
+_WORD = 256  # characters of a role, type, name or id
+_PART = 32  # room a part takes beside its text (its JSON), so that many small parts run out too
+
+
+@dataclass(slots=True)
+class _Writing:
+    """One attribute being written: whose credential to mask, and the room left in it."""
+
+    credential: str | None
+    room: int = MAX_CAPTURED
 
 
 class ContentRecorder:
@@ -51,13 +67,26 @@ class ContentRecorder:
             text = text.replace(secret, MASK)
         return text
 
+    def _text(self, text: str, w: _Writing) -> str:
+        """``text`` masked, within what is left of the attribute's room. A text that does
+        not fit is masked a little past the cut (no key across it is left half-seen), then
+        cut; texts after it are only the mark."""
+        if len(text) + _PART < w.room:
+            w.room -= len(text) + _PART
+            return self.clean(text, w.credential)
+        cut, w.room = w.room, 0
+        if cut == 0:
+            return TRUNCATED
+        return self.clean(text[: cut + _MASK_PAST_CUT], w.credential)[:cut] + TRUNCATED
+
     def input_messages(self, endpoint: str, body: dict[str, Any], credential: str | None) -> tuple[str, str | None]:
         """(``gen_ai.input.messages``, ``gen_ai.system_instructions`` or None) as JSON strings."""
+        w = _Writing(credential)
         system: list[dict[str, Any]] = []
         messages: list[dict[str, Any]] = []
         if endpoint == "responses":
             if isinstance(body.get("instructions"), str):
-                system.append(_text_part(self.clean(body["instructions"], credential)))
+                system.append(_text_part(self._text(body["instructions"], w)))
             given = body.get("input")
             items = [{"role": "user", "content": given}] if isinstance(given, str) else given or []
         elif endpoint == "completions":
@@ -67,8 +96,10 @@ class ContentRecorder:
         else:
             items = body.get("messages") or []
         for item in items if isinstance(items, list) else []:
+            if w.room == 0:
+                break  # the last message's text ends with the mark
             if isinstance(item, dict):
-                messages.append(self._message(item, credential))
+                messages.append(self._message(item, w))
         instructions = orjson.dumps(system).decode() if system else None
         return orjson.dumps(messages).decode(), instructions
 
@@ -85,22 +116,23 @@ class ContentRecorder:
         legacy = body.get("functions")
         if isinstance(legacy, list):
             tools += [{"type": "function", "function": f} for f in legacy if isinstance(f, dict)]
-        definitions = [self._tool_definition(tool, credential) for tool in tools if isinstance(tool, dict)]
+        w = _Writing(credential)
+        definitions = [self._tool_definition(tool, w) for tool in tools if isinstance(tool, dict)]
         return orjson.dumps(definitions).decode() if definitions else None
 
-    def _tool_definition(self, tool: dict[str, Any], credential: str | None) -> dict[str, Any]:
-        kind = self._word(tool.get("type", "function"), credential)
+    def _tool_definition(self, tool: dict[str, Any], w: _Writing) -> dict[str, Any]:
+        kind = self._word(tool.get("type", "function"), w)
         nested = tool.get("function")
         spec = nested if isinstance(nested, dict) else tool
         name = spec.get("name")
         definition: dict[str, Any] = {
             "type": kind,
-            "name": self.clean(name, credential) if isinstance(name, str) else kind,
+            "name": self._word(name, w) if isinstance(name, str) else kind,
         }
         if isinstance(spec.get("description"), str):
-            definition["description"] = self.clean(spec["description"], credential)
+            definition["description"] = self._text(spec["description"], w)
         if spec.get("parameters") is not None:
-            definition["parameters"] = self._json_or_text(spec["parameters"], credential)
+            definition["parameters"] = self._json_or_text(spec["parameters"], w)
         return definition
 
     def output_messages(self, outcome: Outcome, credential: str | None) -> str:
@@ -111,95 +143,99 @@ class ContentRecorder:
             outcome.tool_calls,
             outcome.finish_reasons,
         )
+        w = _Writing(credential)
         out = []
         for index in sorted(set(texts) | set(reasoning) | set(tool_calls) | set(finish_reasons)):
             parts = []
             if index in reasoning:
-                parts.append({"type": "reasoning", "content": self.clean("".join(reasoning[index]), credential)})
+                parts.append({"type": "reasoning", "content": self._text("".join(reasoning[index]), w)})
             if index in texts:
-                parts.append(_text_part(self.clean("".join(texts[index]), credential)))
+                parts.append(_text_part(self._text("".join(texts[index]), w)))
             for _, call in sorted(tool_calls.get(index, {}).items()):
-                parts.append(self._tool_call(call.id, call.name, "".join(call.arguments), credential))
+                parts.append(self._tool_call(call.id, call.name, "".join(call.arguments), w))
             out.append({"role": "assistant", "parts": parts, "finish_reason": finish_reasons.get(index, "")})
         return orjson.dumps(out).decode()
 
-    def _message(self, item: dict[str, Any], credential: str | None) -> dict[str, Any]:
+    def _message(self, item: dict[str, Any], w: _Writing) -> dict[str, Any]:
         """One chat message or Responses API input item as ``{role, parts}``."""
         kind = item.get("type")
         if kind == "function_call":  # Responses API items: the model's call, and the app's answer
-            call = self._tool_call(item.get("call_id"), item.get("name"), item.get("arguments"), credential)
+            call = self._tool_call(item.get("call_id"), item.get("name"), item.get("arguments"), w)
             return {"role": "assistant", "parts": [call]}
         if kind == "function_call_output":
-            return {"role": "tool", "parts": [self._tool_response(item.get("call_id"), item.get("output"), credential)]}
+            return {"role": "tool", "parts": [self._tool_response(item.get("call_id"), item.get("output"), w)]}
         if kind == "reasoning":  # a reasoning model's earlier thinking: its summary (never the encrypted blob)
             summary = [p.get("text") for p in _list(item.get("summary")) if isinstance(p, dict)]
             text = "".join(t for t in summary if isinstance(t, str))
-            return {"role": "assistant", "parts": [{"type": "reasoning", "content": self.clean(text, credential)}]}
+            return {"role": "assistant", "parts": [{"type": "reasoning", "content": self._text(text, w)}]}
         if isinstance(kind, str) and kind != "message" and "role" not in item:
             # The model's other items (web_search_call, computer_call…) and references: the kind only
-            return {"role": "assistant", "parts": [{"type": self._word(kind, credential)}]}
-        role = self._word(item.get("role", "user"), credential)
+            return {"role": "assistant", "parts": [{"type": self._word(kind, w)}]}
+        role = self._word(item.get("role", "user"), w)
         if role in ("tool", "function"):
             return {
                 "role": role,
-                "parts": [self._tool_response(item.get("tool_call_id"), item.get("content"), credential)],
+                "parts": [self._tool_response(item.get("tool_call_id"), item.get("content"), w)],
             }
-        parts = self._parts(item.get("content"), credential)
+        parts = self._parts(item.get("content"), w)
         calls = item.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
-                parts.append(
-                    self._tool_call(call.get("id"), function.get("name"), function.get("arguments"), credential)
-                )
+                parts.append(self._tool_call(call.get("id"), function.get("name"), function.get("arguments"), w))
         function = item.get("function_call")
         if isinstance(function, dict):
-            parts.append(self._tool_call(None, function.get("name"), function.get("arguments"), credential))
+            parts.append(self._tool_call(None, function.get("name"), function.get("arguments"), w))
         return {"role": role, "parts": parts}
 
-    def _parts(self, content: Any, credential: str | None) -> list[dict[str, Any]]:
+    def _parts(self, content: Any, w: _Writing) -> list[dict[str, Any]]:
         if isinstance(content, str):
-            return [_text_part(self.clean(content, credential))]
+            return [_text_part(self._text(content, w))]
         parts = []
         for part in content if isinstance(content, list) else []:
+            if w.room == 0:
+                break
             if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(_text_part(self.clean(part["text"], credential)))
+                parts.append(_text_part(self._text(part["text"], w)))
             elif isinstance(part, dict):
-                parts.append(
-                    {"type": self._word(part.get("type", "unknown"), credential)}
-                )  # images, audio: the kind only
+                parts.append({"type": self._word(part.get("type", "unknown"), w)})  # images, audio: the kind only
             elif isinstance(part, str | int):
-                parts.append(_text_part(self.clean(str(part), credential)))
+                parts.append(_text_part(self._text(str(part), w)))
         return parts
 
-    def _tool_call(self, call_id: Any, name: Any, arguments: Any, credential: str | None) -> dict[str, Any]:
+    def _tool_call(self, call_id: Any, name: Any, arguments: Any, w: _Writing) -> dict[str, Any]:
         """The conventions' ``tool_call`` part; arguments as the JSON they are, when they are."""
         return {
             "type": "tool_call",
-            "id": self.clean(call_id, credential) if isinstance(call_id, str) else None,
-            "name": self.clean(name, credential) if isinstance(name, str) else "",
-            "arguments": self._json_or_text(arguments, credential),
+            "id": self._word(call_id, w) if isinstance(call_id, str) else None,
+            "name": self._word(name, w) if isinstance(name, str) else "",
+            "arguments": self._json_or_text(arguments, w),
         }
 
-    def _tool_response(self, call_id: Any, response: Any, credential: str | None) -> dict[str, Any]:
+    def _tool_response(self, call_id: Any, response: Any, w: _Writing) -> dict[str, Any]:
         if isinstance(response, list):  # content parts: their text
             response = "".join(str(p.get("text", "")) for p in response if isinstance(p, dict))
         return {
             "type": "tool_call_response",
-            "id": self.clean(call_id, credential) if isinstance(call_id, str) else None,
-            "response": self._json_or_text(response, credential),
+            "id": self._word(call_id, w) if isinstance(call_id, str) else None,
+            "response": self._json_or_text(response, w),
         }
 
-    def _word(self, value: Any, credential: str | None) -> str:
-        """A role or a part's type: the app's to choose, so masked like content."""
-        return self.clean(value if isinstance(value, str) else str(value), credential)
+    def _word(self, value: Any, w: _Writing) -> str:
+        """A role, a part's type, a tool's or a call's name or id: the app's to choose, so
+        masked like content, but short and outside the content's room (so that the
+        messages keep their shape when the content is cut)."""
+        text = value if isinstance(value, str) else str(value)
+        if len(text) <= _WORD:
+            return self.clean(text, w.credential)
+        return self.clean(text[: _WORD + _MASK_PAST_CUT], w.credential)[:_WORD] + TRUNCATED
 
-    def _json_or_text(self, value: Any, credential: str | None) -> Any:
+    def _json_or_text(self, value: Any, w: _Writing) -> Any:
         """Masked as text first, so nothing escapes the masks; then parsed back when it is
         still JSON (a mask inside a string keeps it so)."""
         if value is None:
             return None
-        text = self.clean(value if isinstance(value, str) else orjson.dumps(value).decode(), credential)
+        text = self._text(value if isinstance(value, str) else orjson.dumps(value).decode(), w)
         if not text.startswith(("{", "[")):
             return text
         try:

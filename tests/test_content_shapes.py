@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.content import CaptureContent, ContentRecorder
+from proxy.content import MAX_CAPTURED, TRUNCATED, CaptureContent, ContentRecorder
 from proxy.observation import Outcome
 
 KEY = "sk-proj-abcdefghijklmnopqrstuvwx1234"  # the request's own
@@ -211,3 +211,32 @@ def test_hostile_text_is_masked_in_linear_time(text: str) -> None:
     started = time.process_time()
     ContentRecorder(CaptureContent.REDACTED).clean(text)
     assert time.process_time() - started < 2.0
+
+
+def test_captured_content_is_cut_at_its_room_with_no_key_left_across_the_cut() -> None:
+    """A request may carry 50 MiB; an attribute holds at most MAX_CAPTURED characters of
+    content (what the output keeps too), so masking and export stay bounded. The text at
+    the cut is masked past it first: a key across the cut is never half-written. The
+    messages keep their roles; those past the cut are left out."""
+    first = "a" * 100
+    cut = MAX_CAPTURED - (len(first) + 32)  # the room the second message's text finds
+    second = "b" * (cut - 5) + OTHER + " " + "c" * 3_000_000  # the key starts 5 before the cut
+    body = {
+        "messages": [
+            {"role": "system", "content": first},
+            {"role": "user", "content": second},
+            {"role": "user", "content": "never reached"},
+        ]
+    }
+    inputs, _ = ContentRecorder(CaptureContent.FULL).input_messages("chat/completions", body, None)
+    written = orjson.loads(inputs)
+    assert [m["role"] for m in written] == ["system", "user"]
+    text = written[1]["parts"][0]["content"]
+    assert text == "b" * (cut - 5) + "[REDA" + TRUNCATED  # not "sk-an": masked, then cut
+    assert len(inputs) < MAX_CAPTURED + 1000
+
+
+def test_many_small_parts_run_out_of_room_too() -> None:
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * 200_000}]}
+    inputs, _ = ContentRecorder(CaptureContent.FULL).input_messages("chat/completions", body, None)
+    assert len(inputs) < 2 * MAX_CAPTURED
