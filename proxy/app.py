@@ -77,7 +77,7 @@ async def _telemetry(app: web.Application, tracing: Tracing, own: bool) -> Async
         RecentCalls(config.remember_calls),
     )
     yield
-    app[TELEMETRY].record_finished()  # calls answered during the drain
+    await app[TELEMETRY].close()  # calls answered during the drain, schema checks running
     # Flush what is queued; the SDK's export runs in its own thread, not on the loop.
     provider = tracing.provider
     await asyncio.to_thread(provider.shutdown if own else provider.force_flush)

@@ -11,16 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import MutableMapping
+from functools import partial
 from typing import Any
 
-import jsonschema
-import orjson
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from flywheel.registry import Version
 from proxy import semconv as sc
 from proxy.content import ContentRecorder
 from proxy.feedback import Feedback
@@ -30,6 +28,7 @@ from proxy.observation import Outcome
 from proxy.pricing import PriceTable
 from proxy.prompts import Applied
 from proxy.recent_calls import RecentCalls, Served
+from proxy.schema_check import SchemaChecks
 from proxy.span_attributes import add_request_attributes, add_response_attributes, upstream_attributes
 from proxy.tracing import SCOPE, CallSpans, OpenSpan, Tracing
 from proxy.upstreams import Upstream
@@ -64,7 +63,7 @@ class Telemetry:
         self._tracer = tracing.provider.get_tracer(SCOPE.name)  # feedback spans: few, through the SDK's Span
         self._propagator = TraceContextTextMapPropagator()
         self._recent = recent if recent is not None else RecentCalls()
-        self._validators: dict[str, Any] = {}
+        self.schemas = SchemaChecks()
         self._upstreams: dict[int, dict[str, Any]] = {}  # upstreams live as long as the config
         self._model_names: dict[str, str] = {}
         self._finished: list[CallTrace] = []
@@ -163,17 +162,10 @@ class Telemetry:
         self.metrics.feedback.labels(*labels, feedback.kind).inc()
         self.metrics.feedback_score.labels(*labels).observe(feedback.score)
 
-    def schema_valid(self, version: Version, text: str) -> bool:
-        assert version.content.response_schema is not None
-        validator = self._validators.get(version.hash)
-        if validator is None:
-            schema = dict(version.content.response_schema)
-            validator = self._validators[version.hash] = jsonschema.validators.validator_for(schema)(schema)
-        try:
-            document = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return False
-        return bool(validator.is_valid(document))
+    async def close(self) -> None:
+        """Record the calls answered during the drain and those whose schema check runs."""
+        self.record_finished()
+        await self.schemas.close()
 
 
 class CallTrace:
@@ -249,7 +241,6 @@ class CallTrace:
         """The call's metrics, span and entry in the recent calls (for feedback)."""
         call, outcome, span, t = self._call, self._call.outcome, self._span, self._t
         assert outcome is not None
-        ended = self._ended
         status = self._status or outcome.status
         error = self._error or outcome.error_type or (str(status) if status is not None and status >= 400 else None)
         cost = t.prices.cost(
@@ -261,14 +252,8 @@ class CallTrace:
         )
         if outcome.response_model:  # a provider that echoes a key sent as the model
             outcome.response_model = t.model_name(outcome.response_model)
-        valid = self._schema_check(outcome, error)
-        self._metrics(status, error, ended, cost, valid, outcome)
-        if span is not None:
-            attributes = self._span_attributes(status, error, cost, valid)
-            end_ns = span.start_ns + int((ended - self._started) * 1e9)
-            t.call_spans.end(span, self._name, attributes, error is not None, end_ns)
         applied = self._applied
-        t.remember(
+        t.remember(  # now: feedback may come before a long schema check is done
             call.request_id,
             Served(
                 span.context if span is not None else trace.INVALID_SPAN_CONTEXT,
@@ -278,6 +263,21 @@ class CallTrace:
                 outcome.response_id,
             ),
         )
+        schema = applied.version.content.response_schema if applied is not None else None
+        if applied is None or schema is None or error is not None or not outcome.completed:
+            self._complete(status, error, cost, None)
+            return
+        t.schemas.check(applied.version, outcome.output_text(0), partial(self._complete, status, error, cost))
+
+    def _complete(self, status: int | None, error: str | None, cost: float | None, valid: bool | None) -> None:
+        """Metrics and span, with the schema's verdict (None: no schema, or not a whole answer)."""
+        span, ended, outcome = self._span, self._ended, self._call.outcome
+        assert outcome is not None
+        self._metrics(status, error, ended, cost, valid, outcome)
+        if span is not None:
+            attributes = self._span_attributes(status, error, cost, valid)
+            end_ns = span.start_ns + int((ended - self._started) * 1e9)
+            self._t.call_spans.end(span, self._name, attributes, error is not None, end_ns)
 
     def _span_attributes(
         self, status: int | None, error: str | None, cost: float | None, valid: bool | None
@@ -301,14 +301,6 @@ class CallTrace:
         if error is not None:
             attributes[sc.ERROR_TYPE] = error
         return attributes
-
-    def _schema_check(self, outcome: Outcome, error: str | None) -> bool | None:
-        applied = self._applied
-        if applied is None or applied.version.content.response_schema is None or error is not None:
-            return None
-        if not outcome.completed:
-            return None
-        return self._t.schema_valid(applied.version, outcome.output_text(0))
 
     def _content(self, attributes: dict[str, Any], outcome: Outcome) -> None:
         assert self._call.body is not None

@@ -4,6 +4,7 @@ the schema evaluator, content capture and feedback."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,15 @@ import orjson
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from flywheel.registry import open_registry
+from flywheel.registry import Version, open_registry
 from flywheel.registry.version import content_from_mapping
-from proxy.app import METRICS
+from flywheel.spans import open_span_source
+from proxy.app import METRICS, TELEMETRY
 from proxy.content import CaptureContent, ContentRecorder
 from proxy.observation import Outcome
-from tests.conftest import API_KEY
+from proxy.server import running
+from proxy.tracing import Export
+from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream, Reply, sse
 from tests.spans import traced_proxy
 
@@ -640,3 +644,61 @@ async def test_the_openai_sdk_closing_at_done_leaves_a_served_call(upstream: Fak
         span = await traced.spans.one("chat")
         held.set()
     assert "error.type" not in span.attributes and span.attributes["http.response.status_code"] == 200
+
+
+def _big_answer(valid: bool) -> bytes:
+    """A JSON answer of ~600 KB: jsonschema takes a few hundred ms over it."""
+    items = [{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(12_000)]
+    if not valid:
+        items[-1]["id"] = "last"
+    text = orjson.dumps({"items": items}).decode()
+    message = {"role": "assistant", "content": text}
+    return orjson.dumps(
+        {"id": "c", "model": "m", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    )
+
+
+ITEMS_SCHEMA = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"}}}}},
+}
+
+
+async def test_a_large_output_is_checked_off_the_event_loop(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A large answer's schema check runs in the schema worker, not on the loop that
+    serves every call; its verdict reaches the span and the metrics all the same."""
+    registry = open_registry(tmp_path / "r")
+    registry.push("p", content_from_mapping({"template": "List.", "response_schema": ITEMS_SCHEMA}))
+    upstream.script(CHAT, Reply(body=[_big_answer(True)]), Reply(body=[_big_answer(False)]))
+    async with traced_proxy(upstream, registry=registry) as traced, client(traced.url) as c:
+        checks = traced.proxy.app[TELEMETRY].schemas
+        threads: list[str] = []
+        check = checks.valid
+
+        def valid(version: Version, text: str) -> bool:
+            threads.append(threading.current_thread().name)
+            return check(version, text)
+
+        checks.valid = valid  # type: ignore[method-assign]
+        for _ in range(2):
+            await c.chat.completions.create(model="m", messages=MESSAGES, extra_headers={"X-Prompt-Name": "p"})
+        spans = await traced.spans.wait_for(2, "chat")
+        async with aiohttp.ClientSession() as session, session.get(traced.url + "/metrics") as r:
+            metrics = await r.text()
+    assert [s.attributes["flywheel.eval.schema_valid"] for s in spans] == [True, False]
+    assert all(name.startswith("flywheel-schema") for name in threads) and len(threads) == 2
+    assert 'result="invalid"' in metrics and 'result="valid"' in metrics
+
+
+async def test_schema_checks_still_running_at_shutdown_are_recorded(upstream: FakeUpstream, tmp_path: Path) -> None:
+    registry = open_registry(tmp_path / "r")
+    registry.push("p", content_from_mapping({"template": "List.", "response_schema": ITEMS_SCHEMA}))
+    upstream.script(CHAT, Reply(body=[_big_answer(True)]))
+    path = tmp_path / "spans.jsonl"
+    config = config_for(upstream.url, registry=registry, export=Export(spans_file=path))
+    async with running(config) as proxy, client(proxy.url) as c:
+        await c.chat.completions.create(model="m", messages=MESSAGES, extra_headers={"X-Prompt-Name": "p"})
+        # stopping now: the check of that answer has only begun
+    [span] = [s for s in open_span_source(path).spans() if s.name.startswith("chat")]
+    assert span.attributes["flywheel.eval.schema_valid"] is True
