@@ -1,10 +1,11 @@
 """The schema evaluator: a call's output against its prompt version's ``response_schema``.
 
 It runs after the answer has gone out, but on the proxy's event loop it would still hold
-up every other call while it runs: jsonschema takes ~0.6 ms per KB of JSON (480 ms for
-a 790 KB answer). Small outputs are checked in place; larger ones in a worker thread,
-where the interpreter switches back to the loop every few milliseconds, and the call's
-span and metrics are recorded when the verdict is in.
+up every other call while it runs: jsonschema takes 0.2–0.6 ms per KB of JSON (a 580 KB
+answer held the loop for 109 ms). Small outputs are checked in place; larger ones in a
+worker thread, where the interpreter hands the loop its turn every switch interval (the
+loop's worst pause: 5–13 ms), and the call's span and metrics are recorded when the
+verdict is in.
 """
 
 from __future__ import annotations
