@@ -17,6 +17,7 @@ import orjson
 from flywheel.registry import Template
 from optimizer.llm import LLM, Model, ModelError
 from optimizer.mining import Failure
+from optimizer.records import as_text
 
 SYSTEM = (
     "You improve system prompts for an LLM feature in production. You get the current prompt, "
@@ -116,17 +117,13 @@ def _part_text(part: dict[str, Any]) -> str | None:
     that the optimizer model sees what the agent did."""
     kind = part.get("type")
     if kind == "tool_call":
-        return f"calls {part.get('name')}({_as_json(part.get('arguments'))})"
+        return f"calls {part.get('name')}({as_text(part.get('arguments'))})"
     if kind == "tool_call_response":
-        return f"tool answered {_as_json(part.get('response'))}"
+        return f"tool answered {as_text(part.get('response'))}"
     if kind == "reasoning":
         return f"thought {part.get('content')}"
     content = part.get("content")
     return content if isinstance(content, str) else None
-
-
-def _as_json(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _brief(text: str, limit: int = 600) -> str:

@@ -21,6 +21,7 @@ from flywheel.registry import Template, Version
 from optimizer.golden import Case, Expectation, Judge
 from optimizer.llm import LLM, Model, ModelError
 from optimizer.mining import Failure, FailureKind
+from optimizer.records import as_text
 
 ALPHA = 0.05
 
@@ -116,7 +117,7 @@ def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, A
         responses = [p for p in parts if p.get("type") == "tool_call_response"]
         if responses:
             out += [
-                {"role": "tool", "tool_call_id": p.get("id") or "", "content": _as_text(p.get("response"))}
+                {"role": "tool", "tool_call_id": p.get("id") or "", "content": as_text(p.get("response"))}
                 for p in responses
             ]
             continue
@@ -125,7 +126,7 @@ def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, A
             {
                 "id": p.get("id") or f"call_{i}",
                 "type": "function",
-                "function": {"name": p.get("name", ""), "arguments": _as_text(p.get("arguments"))},
+                "function": {"name": p.get("name", ""), "arguments": as_text(p.get("arguments"))},
             }
             for i, p in enumerate(parts)
             if p.get("type") == "tool_call"
@@ -149,13 +150,6 @@ def _openai_tools(definitions: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
         function = {k: definition[k] for k in ("name", "description", "parameters") if k in definition}
         tools.append({"type": "function", "function": function})
     return tuple(tools)
-
-
-def _as_text(value: Any) -> str:
-    """Tool arguments and answers were recorded as the JSON they were; the API takes strings."""
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 class Gate:

@@ -108,6 +108,13 @@ def from_attributes(
     )
 
 
+def as_text(value: Any) -> str:
+    """Tool arguments and answers were recorded as the JSON they were; chat takes strings."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 

@@ -68,16 +68,20 @@ class ContentRecorder:
         return text
 
     def _text(self, text: str, w: _Writing) -> str:
-        """``text`` masked, within what is left of the attribute's room. A text that does
-        not fit is masked a little past the cut (no key across it is left half-seen), then
-        cut; texts after it are only the mark."""
+        """``text`` masked, within what is left of the attribute's room: a text that does
+        not fit is cut, and texts after it are only the mark."""
         if len(text) + _PART < w.room:
             w.room -= len(text) + _PART
             return self.clean(text, w.credential)
         cut, w.room = w.room, 0
-        if cut == 0:
+        return self._cut(text, cut, w.credential)
+
+    def _cut(self, text: str, at: int, credential: str | None) -> str:
+        """The first ``at`` characters of ``text``, masked a little past the cut first (no
+        key across it is left half-seen), and the mark."""
+        if at == 0:
             return TRUNCATED
-        return self.clean(text[: cut + _MASK_PAST_CUT], w.credential)[:cut] + TRUNCATED
+        return self.clean(text[: at + _MASK_PAST_CUT], credential)[:at] + TRUNCATED
 
     def input_messages(self, endpoint: str, body: dict[str, Any], credential: str | None) -> tuple[str, str | None]:
         """(``gen_ai.input.messages``, ``gen_ai.system_instructions`` or None) as JSON strings."""
@@ -226,9 +230,7 @@ class ContentRecorder:
         masked like content, but short and outside the content's room (so that the
         messages keep their shape when the content is cut)."""
         text = value if isinstance(value, str) else str(value)
-        if len(text) <= _WORD:
-            return self.clean(text, w.credential)
-        return self.clean(text[: _WORD + _MASK_PAST_CUT], w.credential)[:_WORD] + TRUNCATED
+        return self.clean(text, w.credential) if len(text) <= _WORD else self._cut(text, _WORD, w.credential)
 
     def _json_or_text(self, value: Any, w: _Writing) -> Any:
         """Masked as text first, so nothing escapes the masks; then parsed back when it is

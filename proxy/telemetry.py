@@ -74,15 +74,16 @@ class Telemetry:
         if operation is None or call.body is None:
             return None
         span: OpenSpan | None = None
+        model = self.model_name(call.model)  # as recorded: checked once a call
         if self.call_spans.enabled:
             parent = self._propagator.extract(headers) if "traceparent" in headers else None
-            name = f"{operation} {self.model_name(call.model)}".rstrip()
+            name = f"{operation} {model}".rstrip()
             span = self.call_spans.start(parent, name, time.time_ns() - int((time.perf_counter() - started) * 1e9))
             _inject(span.context, call.headers)
         call.outcome = Outcome(call.endpoint, keep_text=self.content.enabled)
         self.metrics.in_flight += 1
         credential = bearer_token(headers) if self.content.enabled else None  # masked in captured content
-        return CallTrace(self, call, span, operation, started, credential)
+        return CallTrace(self, call, span, operation, model, started, credential)
 
     def model_name(self, model: str | None) -> str:
         """The request's model as spans and metric labels show it. An app that sends a key
@@ -177,6 +178,7 @@ class CallTrace:
         call: Call,
         span: OpenSpan | None,
         operation: str,
+        model: str,
         started: float,
         credential: str | None,
     ) -> None:
@@ -190,7 +192,8 @@ class CallTrace:
         self._status: int | None = None
         self._error: str | None = None
         self._ended = started
-        self._name = f"{operation} {telemetry.model_name(call.model)}".rstrip()
+        self._model = model  # the request's model as spans and labels show it
+        self._name = f"{operation} {model}".rstrip()
         # The span's attributes, all set at the end.
         self._attributes: dict[str, Any] = {
             sc.OPERATION_NAME: operation,
@@ -210,8 +213,9 @@ class CallTrace:
 
     def routed(self, upstream: Upstream) -> None:
         call = self._call
+        self._model = self._t.model_name(call.model)  # a prompt version may have set it
         if call.model:
-            self._name = f"{self._operation} {self._t.model_name(call.model)}"
+            self._name = f"{self._operation} {self._model}"
         self._attributes.update(self._t.upstream_attributes(upstream))
 
     def failed(self, status: int, error_type: str) -> None:
@@ -263,8 +267,12 @@ class CallTrace:
                 outcome.response_id,
             ),
         )
-        schema = applied.version.content.response_schema if applied is not None else None
-        if applied is None or schema is None or error is not None or not outcome.completed:
+        if (
+            applied is None
+            or applied.version.content.response_schema is None
+            or error is not None
+            or not outcome.completed
+        ):
             self._complete(status, error, cost, None)
             return
         t.schemas.check(applied.version, outcome.output_text(0), partial(self._complete, status, error, cost))
@@ -285,7 +293,7 @@ class CallTrace:
         call, outcome = self._call, self._call.outcome
         assert outcome is not None and call.body is not None  # a CallTrace is opened for JSON bodies only
         attributes = self._attributes.copy()
-        add_request_attributes(attributes, self._t.model_name(call.model), call.body)
+        add_request_attributes(attributes, self._model, call.body)
         add_response_attributes(attributes, outcome)
         if status is not None:
             attributes[sc.HTTP_STATUS_CODE] = status
@@ -325,7 +333,7 @@ class CallTrace:
         outcome: Outcome,
     ) -> None:
         m, applied = self._t.metrics, self._applied
-        model = m.model_label(outcome.response_model or self._t.model_name(self._call.model))
+        model = m.model_label(outcome.response_model or self._model)
         labels = (applied.name, applied.version.hash, applied.arm.value) if applied else ("", "", "")
         status_class = "cancelled" if error == "cancelled" else f"{(status or 500) // 100}xx"
         first_chunk = (
