@@ -7,7 +7,7 @@ COPY flywheel ./flywheel
 COPY proxy ./proxy
 COPY optimizer ./optimizer
 COPY deploy ./deploy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[propagators]" \
     && pip wheel --no-cache-dir --wheel-dir /wheels "kubernetes>=29"
 
 # Final stage: the wheels installed into a venv, no build tools, not root.
@@ -15,7 +15,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/flywheel/bin:$PATH
 RUN python -m venv /opt/flywheel
 COPY --from=build /wheels /wheels
-RUN /opt/flywheel/bin/pip install --no-cache-dir --no-index --find-links /wheels flywheel kubernetes \
+RUN /opt/flywheel/bin/pip install --no-cache-dir --no-index --find-links /wheels "flywheel[propagators]" kubernetes \
     && rm -rf /wheels \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin flywheel
 USER 10001

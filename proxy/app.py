@@ -21,6 +21,7 @@ from proxy.litellm_bridge import LiteLLMBridge
 from proxy.metrics import ProxyMetrics
 from proxy.pricing import PriceTable
 from proxy.prompt_watch import PromptWatcher
+from proxy.propagation import TraceHeaders
 from proxy.recent_calls import RecentCalls
 from proxy.telemetry import Telemetry, bearer_token
 from proxy.tracing import Tracing, build_tracing
@@ -75,6 +76,7 @@ async def _telemetry(app: web.Application, tracing: Tracing, own: bool) -> Async
         prices,
         ContentRecorder(config.capture_content, config.secrets()),
         RecentCalls(config.remember_calls),
+        TraceHeaders(config.propagators),
     )
     yield
     await app[TELEMETRY].close()  # calls answered during the drain, schema checks running

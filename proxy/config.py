@@ -11,6 +11,7 @@ from yarl import URL
 
 from flywheel.registry import Registry, RegistryError, open_registry
 from proxy.content import CaptureContent
+from proxy.propagation import Propagators
 from proxy.recent_calls import DEFAULT_CAPACITY
 from proxy.tracing import Export
 from proxy.upstreams import LiteLLMUpstream, Upstreams, load_upstreams
@@ -61,6 +62,7 @@ class ProxyConfig:
     capture_content: CaptureContent = CaptureContent.NONE
     remember_calls: int = DEFAULT_CAPACITY  # recent calls feedback can join (trace parent, version labels)
     export: Export = field(default_factory=Export)  # where spans go
+    propagators: Propagators = field(default_factory=Propagators)  # OTEL_PROPAGATORS: trace headers read and written
 
     def secrets(self) -> tuple[str, ...]:
         """Upstream keys from config: masked wherever content is captured."""
@@ -154,6 +156,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
     _positive("--spans-file-max-mb", args.spans_file_max_mb)
     try:
         export = Export.from_environ(environ, args.spans_file, int(args.spans_file_max_mb * MiB))
+        propagators = Propagators.from_environ(environ)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return ProxyConfig(
@@ -170,6 +173,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ProxyConf
         capture_content=CaptureContent(args.capture_content),
         remember_calls=args.remember_calls,
         export=export,
+        propagators=propagators,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 class Hang:
@@ -51,7 +52,7 @@ class Seen:
     method: str
     path: str
     query: str  # raw, as sent
-    headers: Mapping[str, str]
+    headers: CIMultiDict[str]
     body: bytes
     closed: asyncio.Event = field(default_factory=asyncio.Event)  # the proxy closed the connection early
     peer: Any = None  # the proxy's end of the connection: the same for calls over a pooled one
@@ -109,7 +110,7 @@ class FakeUpstream:
             request.method,
             request.path,
             request.raw_path.partition("?")[2],
-            dict(request.headers),
+            request.headers.copy(),  # case-insensitive, as HTTP headers are
             await request.read(),
         )
         seen.peer = request.transport.get_extra_info("peername") if request.transport is not None else None
