@@ -1,5 +1,6 @@
 """Where spans go, configured by flags and the standard ``OTEL_*`` variables: OTLP (HTTP
-or gRPC, :mod:`proxy.otlp`) and the ``--spans-file`` store, each through
+or gRPC, :mod:`proxy.otlp`), standard output (``OTEL_TRACES_EXPORTER=console``) and the
+``--spans-file`` store, each through
 :mod:`proxy.span_batches` (encoded on the loop in small batches, an I/O thread sends or
 writes, so export never blocks a request). Spans dropped because a queue was full or an
 export failed are counted in ``flywheel_spans_dropped_total``.
@@ -7,11 +8,13 @@ export failed are counted in ``flywheel_spans_dropped_total``.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -39,6 +42,7 @@ class Export:
     """Which exporters to run; read once from flags and the ``OTEL_*`` environment."""
 
     otlp: OtlpSettings | None = None  # None: no OTLP export
+    console: bool = False  # OTEL_TRACES_EXPORTER=console: OTLP/JSON lines on standard output
     spans_file: Path | None = None
     spans_file_max_bytes: int = 100 * 1024 * 1024
     service_name: str | None = "flywheel-proxy"  # None when OTEL_SERVICE_NAME names it
@@ -51,16 +55,18 @@ class Export:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], spans_file: Path | None, spans_file_max_bytes: int) -> Export:
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        disabled = (
-            environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or environ.get("OTEL_TRACES_EXPORTER") == "none"
-        )
+        exporters = _traces_exporters(environ)
+        disabled = environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+        # Unset, OTLP follows the endpoint: a sidecar with no collector beside it stays quiet.
+        otlp = not disabled and ("otlp" in exporters if exporters is not None else bool(endpoint))
         protocol = (
             environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
             or "http/protobuf"
         )
         return cls(
-            otlp=OtlpSettings.from_environ(environ, protocol) if endpoint and not disabled else None,
+            otlp=OtlpSettings.from_environ(environ, protocol) if otlp else None,
+            console=not disabled and exporters is not None and "console" in exporters,
             spans_file=spans_file,
             spans_file_max_bytes=spans_file_max_bytes,
             service_name=None if environ.get("OTEL_SERVICE_NAME") else "flywheel-proxy",
@@ -68,6 +74,17 @@ class Export:
             schedule_delay=_positive_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000,
             attribute_length=_length_limit(environ),
         )
+
+
+def _traces_exporters(environ: Mapping[str, str]) -> frozenset[str] | None:
+    """``OTEL_TRACES_EXPORTER`` as the SDK reads it (a list; ``none``: no exporter), None if unset."""
+    raw = environ.get("OTEL_TRACES_EXPORTER", "")
+    names = frozenset(name.strip().lower() for name in raw.split(",") if name.strip())
+    if not names:
+        return None
+    if not names <= {"otlp", "console", "none"}:
+        raise ValueError(f"OTEL_TRACES_EXPORTER={raw!r}: flywheel exports spans with otlp or console, or none")
+    return frozenset() if "none" in names else names
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -115,6 +132,8 @@ def build_tracing(export: Export, dropped: Counter) -> Tracing:
     if export.otlp is not None:
         sender = sender_for(export.otlp)
         processor.add_span_processor(_batched(export, ProtobufEncoder().encode, sender, dropped, "flywheel-otlp"))
+    if export.console:
+        processor.add_span_processor(_batched(export, JsonEncoder().encode, Stdout(), dropped, "flywheel-console"))
     if export.spans_file is not None:
         store = SpansFileExporter(export.spans_file, export.spans_file_max_bytes)
         processor.add_span_processor(_batched(export, JsonEncoder().encode, store, dropped, "flywheel-spans-file"))
@@ -127,6 +146,26 @@ def _batched(export: Export, encode: Encode, sink: SpanSink, dropped: Counter, n
     return BatchedSpansProcessor(
         encode, sink, dropped, max_pending=export.queue_size, max_delay=export.schedule_delay, name=name
     )
+
+
+class Stdout:
+    """A span sink writing OTLP/JSON lines to standard output (the log goes to standard
+    error), for ``kubectl logs`` and for trying things out."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+
+    def write(self, payload: bytes) -> bool:
+        try:
+            self._stream.write(payload)
+            self._stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: the spans are lost, and counted
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 class OpenSpan(NamedTuple):

@@ -34,7 +34,10 @@ class ProxyProcess:
 
 
 @contextlib.asynccontextmanager
-async def flywheel_proxy(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[ProxyProcess]:
+async def flywheel_proxy(
+    *args: str, env: Mapping[str, str] | None = None, stdout: int | None = None
+) -> AsyncIterator[ProxyProcess]:
+    """``stdout``: ``asyncio.subprocess.PIPE`` to read it (default: inherited)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -44,6 +47,7 @@ async def flywheel_proxy(*args: str, env: Mapping[str, str] | None = None) -> As
         "0",
         *args,
         stderr=asyncio.subprocess.PIPE,
+        stdout=stdout,
         env={**os.environ, **(env or {})},
     )
     running = ProxyProcess(process)

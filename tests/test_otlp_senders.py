@@ -81,6 +81,29 @@ def test_bad_settings_are_refused_with_the_variable_named(name: str, value: str,
     )
 
 
+@pytest.mark.parametrize(
+    ("environ", "otlp", "console"),
+    [
+        ({}, None, False),  # unset: OTLP only when an endpoint is set (no collector beside a sidecar)
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, "http://collector:4318/v1/traces", False),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, "http://localhost:4318/v1/traces", False),  # the SDK's default endpoint
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "http://localhost:4317", False),
+        ({"OTEL_TRACES_EXPORTER": " Console "}, None, True),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, "http://localhost:4318/v1/traces", True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, None, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_SDK_DISABLED": "true"}, None, False),
+    ],
+)
+def test_traces_exporter_picks_the_exporters(environ: dict[str, str], otlp: str | None, console: bool) -> None:
+    export = Export.from_environ(environ, None, 1)
+    assert (export.otlp.endpoint if export.otlp else None, export.console) == (otlp, console)
+
+
+def test_an_exporter_flywheel_lacks_stops_start_up() -> None:
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='otlp,zipkin': flywheel exports spans with otlp"):
+        Export.from_environ({"OTEL_TRACES_EXPORTER": "otlp,zipkin"}, None, 1)
+
+
 def test_batch_processor_settings_apply_to_the_proxy_processors() -> None:
     environ = {"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_SCHEDULE_DELAY": "250"}
     export = Export.from_environ(environ, None, 1)

@@ -5,6 +5,7 @@ the count of spans dropped when export falls behind."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from flywheel.spans import SpansFileExporter, open_span_source
 from proxy.content import CaptureContent
 from proxy.server import running
-from proxy.tracing import Export
+from proxy.tracing import Export, Stdout
 from tests.conftest import API_KEY, config_for
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.processes import flywheel_proxy, serving
@@ -225,3 +226,25 @@ async def test_otlp_export_to_a_real_receiver(upstream: FakeUpstream, protocol: 
     assert embedded["gen_ai.usage.input_tokens"] == 3
     assert received.headers[0].get("x-tenant") == "acme"
     assert API_KEY not in str(received.requests) and API_KEY not in str(received.headers)
+
+
+async def test_console_exporter_writes_otlp_json_lines_to_stdout(upstream: FakeUpstream, tmp_path: Path) -> None:
+    env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    async with flywheel_proxy("--upstream", upstream.url + "/v1", env=env, stdout=asyncio.subprocess.PIPE) as proxy:
+        async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0) as c:
+            raw = await c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert proxy.process.stdout is not None
+        line = await asyncio.wait_for(proxy.process.stdout.readline(), 20)
+    (tmp_path / "stdout.jsonl").write_bytes(line)  # read back as the optimizer reads a spans file
+    [span] = open_span_source(tmp_path / "stdout.jsonl").spans()
+    assert span.name == "chat gpt-4o-mini"
+    assert span.attributes["flywheel.request_id"] == raw.headers["X-Request-Id"]
+    assert API_KEY.encode() not in line and "listening on" not in line.decode()  # the log stays on stderr
+
+
+def test_a_closed_stdout_loses_the_batch_without_raising() -> None:
+    stream = io.BytesIO()
+    stream.close()
+    sink = Stdout(stream)
+    assert sink.write(b"{}\n") is False  # the processor counts the batch's spans as dropped
+    sink.shutdown()
