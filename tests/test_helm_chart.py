@@ -59,6 +59,14 @@ def test_native_sidecar_with_probes_drain_and_read_only_registry() -> None:
     assert sidecar["securityContext"]["runAsNonRoot"] and sidecar["securityContext"]["readOnlyRootFilesystem"]
 
 
+def test_sidecar_takes_more_variables() -> None:
+    sets = ("sidecar.env[0].name=OTEL_PROPAGATORS", "sidecar.env[0].value=b3multi")
+    pod = find(render(*sets), "Deployment", "my-llm-app")["spec"]["template"]["spec"]
+    [sidecar] = pod["initContainers"]
+    assert {"name": "OTEL_PROPAGATORS", "value": "b3multi"} in sidecar["env"]
+    assert any(e["name"] == "FLYWHEEL_UPSTREAM_API_KEY" for e in sidecar["env"])
+
+
 def test_plain_container_fallback() -> None:
     pod = find(render("sidecar.native=false"), "Deployment", "my-llm-app")["spec"]["template"]["spec"]
     assert "initContainers" not in pod

@@ -30,6 +30,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
       value: {{ .Values.sidecar.otlpEndpoint | quote }}
     - name: OTEL_SERVICE_NAME
       value: flywheel-proxy
+    {{- with .Values.sidecar.env }}{{ toYaml . | nindent 4 }}{{ end }}
   ports:
     - {name: flywheel, containerPort: {{ .Values.sidecar.port }}}
   startupProbe:
