@@ -63,22 +63,20 @@ class TraceHeaders:
         # Only W3C (the default): the parent is looked for only when its header is there.
         self._w3c_only = names == [TRACECONTEXT]
         self._w3c = TraceContextTextMapPropagator()
-        self._others = CompositePropagator([_load(name) for name in names])
-        self.enabled = bool(names)
+        # Any other choice goes through the SDK's composite; None: no propagation.
+        self._others = CompositePropagator([_load(n) for n in names]) if names and not self._w3c_only else None
 
     def extract(self, headers: CIMultiDictProxy[str]) -> Context | None:
         """The app's trace context (None: the call span is a root)."""
         if self._w3c_only:
             return self._w3c.extract(headers) if "traceparent" in headers else None
-        if not self.enabled:
-            return None
-        return self._others.extract(headers)
+        return self._others.extract(headers) if self._others is not None else None
 
     def inject(self, context: SpanContext, headers: MutableMapping[str, str]) -> None:
         """The call span's context on the upstream request (replacing the app's headers)."""
         if self._w3c_only:
             _write_traceparent(context, headers)
-        elif self.enabled:
+        elif self._others is not None:
             self._others.inject(headers, trace.set_span_in_context(trace.NonRecordingSpan(context)))
 
 

@@ -55,18 +55,18 @@ class Export:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], spans_file: Path | None, spans_file_max_bytes: int) -> Export:
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        exporters = _traces_exporters(environ)
-        disabled = environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
         # Unset, OTLP follows the endpoint: a sidecar with no collector beside it stays quiet.
-        otlp = not disabled and ("otlp" in exporters if exporters is not None else bool(endpoint))
+        exporters = _traces_exporters(environ, default=frozenset({"otlp"}) if endpoint else frozenset())
+        if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+            exporters = frozenset()
         protocol = (
             environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
             or "http/protobuf"
         )
         return cls(
-            otlp=OtlpSettings.from_environ(environ, protocol) if otlp else None,
-            console=not disabled and exporters is not None and "console" in exporters,
+            otlp=OtlpSettings.from_environ(environ, protocol) if "otlp" in exporters else None,
+            console="console" in exporters,
             spans_file=spans_file,
             spans_file_max_bytes=spans_file_max_bytes,
             service_name=None if environ.get("OTEL_SERVICE_NAME") else "flywheel-proxy",
@@ -76,12 +76,12 @@ class Export:
         )
 
 
-def _traces_exporters(environ: Mapping[str, str]) -> frozenset[str] | None:
-    """``OTEL_TRACES_EXPORTER`` as the SDK reads it (a list; ``none``: no exporter), None if unset."""
+def _traces_exporters(environ: Mapping[str, str], default: frozenset[str]) -> frozenset[str]:
+    """``OTEL_TRACES_EXPORTER`` as the SDK reads it (a list; ``none``: no exporter)."""
     raw = environ.get("OTEL_TRACES_EXPORTER", "")
     names = frozenset(name.strip().lower() for name in raw.split(",") if name.strip())
     if not names:
-        return None
+        return default
     if not names <= {"otlp", "console", "none"}:
         raise ValueError(f"OTEL_TRACES_EXPORTER={raw!r}: flywheel exports spans with otlp or console, or none")
     return frozenset() if "none" in names else names
