@@ -1,7 +1,9 @@
 """Debian's nginx as a fast fake provider for benchmarks: canned chat JSON, or SSE on request.
 
-A request with header ``X-Bench-Stream: 1`` gets a canned SSE stream; every other
-request gets a canned chat completion; ``POST /v1/traces`` is an OTLP/HTTP receiver
+A request with header ``X-Bench-Stream: 1`` gets a canned SSE stream in one write;
+``X-Bench-Stream: paced`` the same stream an event a write, 2 ms apart, as a provider
+sends tokens (nginx's echo module: ``echo_flush``, ``echo_sleep``); every other request
+gets a canned chat completion; ``POST /v1/traces`` is an OTLP/HTTP receiver
 that accepts and discards. nginx answers from memory, so it is never
 the bottleneck of a proxy benchmark.
 """
@@ -36,7 +38,7 @@ CHAT = {
 }
 
 
-def _sse() -> bytes:
+def _events() -> list[bytes]:
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-bench"}
     events = [
         {**base, "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]}
@@ -44,7 +46,30 @@ def _sse() -> bytes:
     ]
     events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     events.append({**base, "choices": [], "usage": {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}})
-    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+def _sse() -> bytes:
+    return b"".join(_events())
+
+
+PACE_SECONDS = 0.002  # between two events of a paced stream
+
+
+def _paced_location() -> str:
+    """The stream an event a write, PACE_SECONDS apart, in the echo module's directives."""
+    steps = [f'echo -n "{_nginx_string(event)}";\n            echo_flush;' for event in _events()]
+    paced = f"\n            echo_sleep {PACE_SECONDS};\n            ".join(steps)
+    return f"""location = /__sse_paced {{
+            internal;
+            default_type text/event-stream;
+            {paced}
+        }}"""
+
+
+# For paced streams: Debian's nginx-light ships it (libnginx-mod-http-echo).
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+CAN_PACE = ECHO_MODULE.exists()
 
 
 def free_port() -> int:
@@ -68,6 +93,7 @@ def nginx_upstream() -> Iterator[str]:
         config = root / "nginx.conf"
         config.write_text(
             f"""
+{f"load_module {ECHO_MODULE};" if CAN_PACE else ""}
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/logs/error.log warn;
@@ -80,11 +106,15 @@ http {{
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
     keepalive_requests 1000000;
+    map $http_x_bench_stream $sse {{
+        paced /__sse_paced;
+        default /__sse;
+    }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
             if ($http_x_bench_stream) {{
-                rewrite ^ /__sse last;
+                rewrite ^ $sse last;
             }}
             default_type application/json;
             return 200 "{_nginx_string(orjson.dumps(CHAT))}";
@@ -98,6 +128,7 @@ http {{
             default_type text/event-stream;
             return 200 "{_nginx_string(_sse())}";
         }}
+        {_paced_location() if CAN_PACE else ""}
     }}
 }}
 """

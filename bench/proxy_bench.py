@@ -131,9 +131,10 @@ def _pct(series: list[float], pct: float) -> float:
 # --- throughput with wrk -----------------------------------------------------------
 
 
-def wrk(url: str, stream: bool, connections: int, duration: float) -> dict[str, Any]:
+def wrk(url: str, stream: bool, connections: int, duration: float, paced: bool = False) -> dict[str, Any]:
+    """Load ``url`` for ``duration``; a paced stream comes an event a read (nginx_upstream)."""
     body = (STREAM_BODY if stream else BODY).decode()
-    extra = 'wrk.headers["X-Bench-Stream"] = "1"\n' if stream else ""
+    extra = f'wrk.headers["X-Bench-Stream"] = "{"paced" if paced else "1"}"\n' if stream else ""
     script = (
         f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
         'wrk.headers["Content-Type"] = "application/json"\n'

@@ -6,7 +6,10 @@ No telemetry: ``bench.no_telemetry`` (no span, no metrics, answers not read). Sp
 ``--spans-file``, and ``/metrics`` scraped every second as Prometheus would. OTLP: the
 same, with the spans sent over OTLP/HTTP (protobuf) instead, to nginx accepting
 ``/v1/traces``; gRPC: over OTLP/gRPC, to a gRPC server in this process that accepts and
-discards. Upstream: nginx from memory; load: wrk and a paced client.
+discards. Upstream: nginx from memory; load: wrk and a paced client. Streams are measured
+twice: in one read (nginx writes the whole canned stream at once: the worst case for
+telemetry, whose reading is per event while the relay's cost is per read) and paced (an
+event a write, 2 ms apart, as providers send tokens: 12 reads a call).
 
     python -m bench.telemetry_bench --duration 8 --out bench/results
 """
@@ -26,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from bench.nginx_upstream import nginx_upstream
+from bench.nginx_upstream import CAN_PACE, ECHO_MODULE, nginx_upstream
 from bench.proxy_bench import bench_main, cpu_seconds, flywheel_proxy, paced, rss_mb, wrk
 
 
@@ -54,7 +57,7 @@ def scraping(url: str, interval: float = 1.0) -> Iterator[list[int]]:
 def grpc_collector() -> Iterator[str]:
     """An OTLP/gRPC TraceService on a free loopback port that answers every export with
     an empty (serialized) ExportTraceServiceResponse; yields its endpoint."""
-    accept = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")  # bytes in, bytes out
+    accept: Any = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")  # bytes in, bytes out
     service = grpc.method_handlers_generic_handler(
         "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": accept}
     )
@@ -80,6 +83,8 @@ COMPARED = (*((arm, "off") for arm in EXPORTING), *((arm, "none") for arm in EXP
 
 
 def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
+    if not CAN_PACE:
+        raise SystemExit(f"paced streams need nginx's echo module ({ECHO_MODULE}): apt-get install nginx-light")
     results: dict[str, Any] = {}
     otlp_env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
     with tempfile.TemporaryDirectory() as scratch, nginx_upstream() as upstream, grpc_collector() as collector:
@@ -101,10 +106,14 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
             pids = {arm: process.pid for arm, process in zip(ARMS, processes, strict=True)}
             results["latency_json"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, False))
             results["latency_stream"] = asyncio.run(paced({"direct": upstream, **urls}, 100, paced_count, True))
-            for stream in (False, True):
-                kind = "stream" if stream else "json"
-                results[f"throughput_{kind}"] = _throughput(urls, pids, stream, connections, duration)
-                results[f"together_{kind}"] = _together(urls, pids, stream, connections // 2, duration / 2)
+            for kind, stream, pace, load in (
+                ("json", False, False, connections),
+                ("stream", True, False, connections),
+                # 23 ms a call: four times the connections keep each proxy saturated
+                ("paced", True, True, 4 * connections),
+            ):
+                results[f"throughput_{kind}"] = _throughput(urls, pids, stream, load, duration, pace)
+                results[f"together_{kind}"] = _together(urls, pids, stream, load // 2, duration / 2, pace)
             results["scrapes"] = len(scrapes)
             results["rss_mb_on"] = rss_mb(on_process.pid)
             results["rss_mb_otlp"] = rss_mb(otlp_process.pid)
@@ -116,7 +125,7 @@ def run(duration: float, paced_count: int, connections: int) -> dict[str, Any]:
 
 
 def _throughput(
-    urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float
+    urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float, pace: bool
 ) -> dict[str, Any]:
     """One wrk round per arm and per place in the order (five), the order rotating, so drift
     on a shared machine hits every arm alike; with the proxy's CPU time per request."""
@@ -125,7 +134,7 @@ def _throughput(
         measured = {}
         for arm in ARMS[i:] + ARMS[:i]:
             before = cpu_seconds(pids[arm])
-            result = wrk(urls[arm], stream, connections, duration)
+            result = wrk(urls[arm], stream, connections, duration, pace)
             requests = result["requests_per_s"] * duration
             measured[arm] = {**result, "cpu_us_per_request": (cpu_seconds(pids[arm]) - before) / requests * 1e6}
         rounds.append(measured)
@@ -140,6 +149,7 @@ def _throughput(
         for arm, base in COMPARED
     }
     return {
+        "connections": connections,
         "rounds": rounds,
         "median_requests_per_s": medians,
         "median_cpu_us_per_request": cpu,
@@ -149,7 +159,13 @@ def _throughput(
 
 
 def _together(
-    urls: dict[str, str], pids: dict[str, int], stream: bool, connections: int, duration: float, rounds: int = 5
+    urls: dict[str, str],
+    pids: dict[str, int],
+    stream: bool,
+    connections: int,
+    duration: float,
+    pace: bool,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Every arm under its own wrk at the same time, so all see the same moment of a host
     whose speed drifts: the CPU time a request per arm, and the ratios of COMPARED."""
@@ -157,7 +173,7 @@ def _together(
     with concurrent.futures.ThreadPoolExecutor(len(ARMS)) as pool:
         for _ in range(rounds):
             before = {arm: cpu_seconds(pids[arm]) for arm in ARMS}
-            runs = {arm: pool.submit(wrk, urls[arm], stream, connections, duration) for arm in ARMS}
+            runs = {arm: pool.submit(wrk, urls[arm], stream, connections, duration, pace) for arm in ARMS}
             done = {arm: run.result() for arm, run in runs.items()}
             measured.append({arm: (cpu_seconds(pids[arm]) - before[arm]) / done[arm]["requests"] * 1e6 for arm in ARMS})
     return {
@@ -176,44 +192,53 @@ def _dropped(url: str) -> float:
     return 0.0
 
 
+KINDS = {"json": "JSON", "stream": "stream", "paced": "paced stream"}
+
+
 def markdown(r: dict[str, Any]) -> str:
-    tj, ts = r["throughput_json"], r["throughput_stream"]
+    runs = {kind: r[f"throughput_{kind}"] for kind in KINDS}
     rows = [
-        f"| 32 connections, median of {len(ARMS)} rounds | " + " | ".join(NAMES[a] for a in ARMS) + " |",
+        f"| median of {len(ARMS)} rounds | " + " | ".join(NAMES[a] for a in ARMS) + " |",
         "|---|" + "---|" * len(ARMS),
     ]
-    for label, t in (("JSON throughput", tj), ("stream throughput", ts)):
-        rows.append(f"| {label} | " + " | ".join(f"{t['median_requests_per_s'][a]:,.0f} req/s" for a in ARMS) + " |")
+    for kind, t in runs.items():
+        line = " | ".join(f"{t['median_requests_per_s'][a]:,.0f} req/s" for a in ARMS)
+        rows.append(f"| {KINDS[kind]} throughput, {t['connections']} connections | {line} |")
     for label, lat in (
         ("JSON latency p50 @ 100 req/s", r["latency_json"]),
         ("stream first chunk p50", r["latency_stream"]),
     ):
         rows.append(f"| {label} | " + " | ".join(f"{lat[a]['p50_ms']:.2f} ms" for a in ARMS) + " |")
-    for label, t in (("JSON: proxy CPU per request", tj), ("stream: proxy CPU per request", ts)):
-        rows.append(f"| {label} | " + " | ".join(f"{t['median_cpu_us_per_request'][a]:.0f} µs" for a in ARMS) + " |")
+    for kind, t in runs.items():
+        line = " | ".join(f"{t['median_cpu_us_per_request'][a]:.0f} µs" for a in ARMS)
+        rows.append(f"| {KINDS[kind]}: proxy CPU per request | {line} |")
     rows.append("| errors (socket / non-2xx), all rounds | " + " | ".join(_errors(r, a) for a in ARMS) + " |")
+    measures = [
+        (f"{KINDS[kind]} {how}", kind, how) for how in ("throughput", "by CPU", "by CPU, all at once") for kind in KINDS
+    ]
     rows += [
         "",
-        f"| median (the {len(ARMS)} rounds) | JSON throughput | stream throughput | JSON by CPU | stream by CPU "
-        "| JSON by CPU, all at once | stream by CPU, all at once | target |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| median (the {len(ARMS)} rounds) | " + " | ".join(label for label, _, _ in measures) + " | target |",
+        "|---|" + "---|" * (len(measures) + 1),
     ]
     for arm, base in COMPARED:
         cells = []
-        for key in ("ratios", "cpu_ratios"):
-            for t in (tj, ts):
-                values = t[key][f"{arm}_vs_{base}"]
-                cells.append(_median_of(values))
-        for t in (r["together_json"], r["together_stream"]):
-            cells.append(_median_of(t["cpu_ratios"][f"{arm}_vs_{base}"]))
+        for _, kind, how in measures:
+            source = r[f"together_{kind}"] if how.endswith("all at once") else runs[kind]
+            key = "ratios" if how == "throughput" else "cpu_ratios"
+            cells.append(_median_of(source[key][f"{arm}_vs_{base}"]))
         target = "≥ ×0.75" if arm in EXPORTING else ""
         rows.append(f"| {NAMES[arm]} vs {NAMES[base]} | " + " | ".join(cells) + f" | {target} |")
+    together = r["together_json"]
     notes = (
         "\n\nBy CPU: the base's CPU time per request over the arm's (each proxy is saturated in its rounds, "
         "so it tracks the throughput ratio: the spread is the VM's speed moving, not scheduling). "
         "All at once: the five proxies loaded together, each by its own wrk "
-        f"({r['together_json']['connections']} connections, {r['together_json']['duration_s']:g} s, "
-        f"{len(r['together_json']['cpu_us_per_request'])} rounds), the same moment's speed for all. "
+        f"(half the connections, {together['duration_s']:g} s, "
+        f"{len(together['cpu_us_per_request'])} rounds), the same moment's speed for all. "
+        "Stream: nginx writes the canned 12-event stream at once, so the proxy reads it in one go. "
+        "Paced stream: the same events written one at a time 2 ms apart (nginx's echo module), "
+        "so the proxy reads and relays each on its own, as from a provider sending tokens. "
         f"No telemetry: `bench.no_telemetry` (no span, metrics or reading of answers; not a user mode). "
         f"Spans off: `OTEL_SDK_DISABLED=true` (metrics and reading of answers stay on). "
         f"Spans to file: {r['scrapes']} scrapes of /metrics, {r['spans_file_mb']:.0f} MB in the spans file at the end "
@@ -231,7 +256,7 @@ def _median_of(values: list[float]) -> str:
 
 
 def _errors(r: dict[str, Any], side: str) -> str:
-    runs = [run[side] for kind in ("json", "stream") for run in r[f"throughput_{kind}"]["rounds"]]
+    runs = [run[side] for kind in KINDS for run in r[f"throughput_{kind}"]["rounds"]]
     return f"{sum(x['socket_errors'] for x in runs)} / {sum(x['non_2xx'] for x in runs)}"
 
 
