@@ -122,15 +122,7 @@ def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, A
             ]
             continue
         text = "".join(p.get("content", "") for p in parts if p.get("type") == "text")
-        calls = [
-            {
-                "id": p.get("id") or f"call_{i}",
-                "type": "function",
-                "function": {"name": p.get("name", ""), "arguments": as_text(p.get("arguments"))},
-            }
-            for i, p in enumerate(parts)
-            if p.get("type") == "tool_call"
-        ]
+        calls = [_chat_tool_call(i, p) for i, p in enumerate(parts) if p.get("type") == "tool_call"]
         if not text and not calls:
             continue  # reasoning, images, a model's built-in tool items: nothing chat can replay
         chat: dict[str, Any] = {"role": message.get("role", "user"), "content": text or None}
@@ -138,6 +130,17 @@ def _openai_messages(parts_messages: tuple[Any, ...] | None) -> list[dict[str, A
             chat["tool_calls"] = calls
         out.append(chat)
     return out or None
+
+
+def _chat_tool_call(position: int, part: dict[str, Any]) -> dict[str, Any]:
+    call: dict[str, Any] = {
+        "id": part.get("id") or f"call_{position}",
+        "type": "function",
+        "function": {"name": part.get("name", ""), "arguments": as_text(part.get("arguments"))},
+    }
+    if isinstance(extra := part.get("extra_content"), dict):
+        call["extra_content"] = extra  # Gemini's thought signature, as the app sent it back
+    return call
 
 
 def _openai_tools(definitions: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:

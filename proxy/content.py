@@ -186,7 +186,12 @@ class ContentRecorder:
         for call in calls if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
-                parts.append(self._tool_call(call.get("id"), function.get("name"), function.get("arguments"), w))
+                part = self._tool_call(call.get("id"), function.get("name"), function.get("arguments"), w)
+                if isinstance(extra := call.get("extra_content"), dict):
+                    # Gemini's OpenAI-compatible API: the call's thought signature, which Gemini 3
+                    # refuses a replayed tool turn without (the gate sends it back)
+                    part["extra_content"] = self._json_or_text(extra, w)
+                parts.append(part)
         function = item.get("function_call")
         if isinstance(function, dict):
             parts.append(self._tool_call(None, function.get("name"), function.get("arguments"), w))

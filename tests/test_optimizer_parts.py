@@ -218,3 +218,50 @@ def test_a_replay_leaves_out_what_chat_cannot_carry() -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "fc_1", "content": "3 degrees"},
     ]
+
+
+@pytest.mark.parametrize("mode", [CaptureContent.FULL, CaptureContent.REDACTED])
+async def test_a_gemini_thought_signature_goes_back_with_its_tool_call(
+    upstream: FakeUpstream, mode: CaptureContent
+) -> None:
+    """Gemini's OpenAI-compatible API puts a thought signature on each tool call
+    (``extra_content.google.thought_signature``) and Gemini 3 refuses a tool turn sent back
+    without it: the captured call keeps it, and the gate's replay sends it upstream."""
+    signature = "CiQBcsjafE3Yq9x/kR1wz+Tb4gNHp2Lm5Qv8sUe7oJ0aXyZ1bWc="
+    extra = {"google": {"thought_signature": signature}}
+    call = {
+        "id": "call_0",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+        "extra_content": extra,
+    }
+    chat = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"celsius":3}'},
+    ]
+    recorder = ContentRecorder(mode)
+    body = {"messages": chat, "tools": [WEATHER]}
+    recorded, _ = recorder.input_messages("chat/completions", body, None)
+    assert orjson.loads(recorded)[1]["parts"][0]["extra_content"] == extra
+    record = CallRecord(
+        "r1", "p", "v1", "stable", "m", None, None, recorded, None, tools_json=recorder.tool_definitions(body, None)
+    )
+    version = Version("p", "v1", content_from_mapping({"template": "Be brief."}), None, "t", "2026-12-02T00:00:00Z")
+    [case] = failure_cases([Failure(record, frozenset({FailureKind.NEGATIVE_FEEDBACK}))], version)
+    assert list(case.messages) == chat
+    model = Model("task", upstream.url + "/v1", "sk-test")
+    await Gate(LLM(max_calls=4), model, model, version, [case]).evaluate("Be very brief.")
+    sent = [s.json() for s in upstream.seen if s.path == CHAT]
+    assert len(sent) == 2  # parent, then candidate
+    for replayed in sent:
+        [assistant] = [m for m in replayed["messages"] if m["role"] == "assistant"]
+        assert assistant["tool_calls"][0]["extra_content"] == extra
+
+
+def test_a_tool_call_without_a_signature_replays_without_one() -> None:
+    call = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    recorded, _ = ContentRecorder(CaptureContent.FULL).input_messages(
+        "chat/completions", {"messages": [{"role": "assistant", "content": None, "tool_calls": [call]}]}, None
+    )
+    assert "extra_content" not in orjson.loads(recorded)[0]["parts"][0]
