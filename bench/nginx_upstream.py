@@ -54,6 +54,9 @@ def _sse() -> bytes:
 
 
 PACE_SECONDS = 0.002  # between two events of a paced stream
+# For paced streams: Debian's nginx-light ships it (libnginx-mod-http-echo).
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+CAN_PACE = ECHO_MODULE.exists()
 
 
 def _paced_location() -> str:
@@ -65,11 +68,6 @@ def _paced_location() -> str:
             default_type text/event-stream;
             {paced}
         }}"""
-
-
-# For paced streams: Debian's nginx-light ships it (libnginx-mod-http-echo).
-ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
-CAN_PACE = ECHO_MODULE.exists()
 
 
 def free_port() -> int:

@@ -257,11 +257,3 @@ async def test_a_gemini_thought_signature_goes_back_with_its_tool_call(
     for replayed in sent:
         [assistant] = [m for m in replayed["messages"] if m["role"] == "assistant"]
         assert assistant["tool_calls"][0]["extra_content"] == extra
-
-
-def test_a_tool_call_without_a_signature_replays_without_one() -> None:
-    call = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
-    recorded, _ = ContentRecorder(CaptureContent.FULL).input_messages(
-        "chat/completions", {"messages": [{"role": "assistant", "content": None, "tool_calls": [call]}]}, None
-    )
-    assert "extra_content" not in orjson.loads(recorded)[0]["parts"][0]
